@@ -1,0 +1,168 @@
+"""Command line: ``agent-warden run`` and ``agent-warden check``; nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from aiohttp import web
+
+from proxy import __version__, logs
+from proxy.app import Runtime, build_admin_app, build_proxy_app
+from proxy.config import ConfigError, Settings, env_name, from_options
+from proxy.policy import DEFAULT_POLICY, PolicyError, check_files, load_policy
+
+log = logging.getLogger("agent_warden")
+
+# flag -> help; every flag also reads AGENT_WARDEN_<FLAG>.
+_RUN_FLAGS: tuple[tuple[str, str], ...] = (
+    ("--upstream", "base URL of the agent server (required)"),
+    ("--listen", "HOST:PORT the proxy listens on (default 0.0.0.0:8080)"),
+    ("--admin", "HOST:PORT of the admin listener (default 127.0.0.1:9901)"),
+    ("--policy", "policy file (YAML); without it the built-in default policy applies"),
+    ("--protocol", "auto, mcp or a2a (default auto)"),
+    ("--connect-timeout", "upstream connect timeout (default 5s)"),
+    ("--response-timeout", "time allowed until the upstream's response headers (default 120s)"),
+    ("--stream-idle-timeout", "silence allowed inside a streamed response (default 300s)"),
+    (
+        "--upstream-keepalive",
+        "idle time before a pooled upstream connection is closed (default 4s)",
+    ),
+    ("--max-body-size", "request body limit, e.g. 10MiB (default 10MiB)"),
+    ("--max-connections", "upstream connection pool size (default 1000)"),
+    ("--grace-period", "drain time on SIGTERM (default 20s)"),
+    ("--log-level", "debug, info, warning or error (default info)"),
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, never a usage dump or a traceback.
+        self.exit(2, f"agent-warden: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="agent-warden", description="Session-policy sidecar for MCP and A2A.")
+    parser.add_argument("--version", action="version", version=f"agent-warden {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="run the proxy")
+    for flag, text in _RUN_FLAGS:
+        run.add_argument(
+            flag,
+            metavar=flag.lstrip("-").split("-")[-1].upper(),
+            help=f"{text} [env {env_name(flag)}]",
+        )
+    check = sub.add_parser("check", help="validate policy files")
+    check.add_argument("files", nargs="+", metavar="FILE")
+    return parser
+
+
+def _options(args: argparse.Namespace) -> dict[str, str | None]:
+    merged: dict[str, str | None] = {}
+    for flag, _ in _RUN_FLAGS:
+        key = flag.lstrip("-").replace("-", "_")
+        value = getattr(args, key)
+        merged[key] = value if value is not None else os.environ.get(env_name(flag))
+    return merged
+
+
+def _check(files: Sequence[str]) -> int:
+    problems = check_files(files)
+    for line in problems:
+        print(line)
+    if not problems:
+        for name in files:
+            print(f"{name}: ok")
+    return 1 if problems else 0
+
+
+async def _serve(settings: Settings, runtime: Runtime) -> None:
+    proxy_runner = web.AppRunner(
+        build_proxy_app(runtime), access_log=None, shutdown_timeout=settings.grace_period
+    )
+    admin_runner = web.AppRunner(build_admin_app(runtime), access_log=None, shutdown_timeout=1.0)
+    await proxy_runner.setup()
+    await admin_runner.setup()
+    try:
+        await web.TCPSite(
+            admin_runner, settings.admin.host, settings.admin.port, reuse_address=True
+        ).start()
+        await web.TCPSite(
+            proxy_runner,
+            settings.listen.host,
+            settings.listen.port,
+            reuse_address=True,
+            backlog=1024,
+        ).start()
+    except OSError as exc:
+        await proxy_runner.cleanup()
+        await admin_runner.cleanup()
+        raise ConfigError(f"cannot listen: {exc.strerror or exc}") from None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runtime.ready = True
+    log.info(
+        "agent-warden started",
+        extra={
+            "version": __version__,
+            "listen": str(settings.listen),
+            "admin": str(settings.admin),
+            "upstream": str(settings.upstream),
+            "policy": settings.policy or "(built-in default)",
+            "protocol": settings.protocol,
+        },
+    )
+    await stop.wait()
+    runtime.draining = True
+    log.info("draining", extra={"grace_period_s": settings.grace_period})
+    # Closes the listener, lets in-flight requests and streams finish within the grace period.
+    await proxy_runner.cleanup()
+    await admin_runner.cleanup()
+    log.info("stopped")
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = from_options(_options(args))
+    logs.setup(settings.log_level)
+    policy = load_policy(settings.policy) if settings.policy else DEFAULT_POLICY
+    runtime = Runtime(settings=settings, policy=policy)
+    runtime.set_policy(policy)
+    try:
+        import uvloop  # type: ignore[import-not-found]  # optional, faster loop
+    except ImportError:
+        asyncio.run(_serve(settings, runtime))
+    else:
+        uvloop.run(_serve(settings, runtime))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "check":
+            return _check(args.files)
+        return _run(args)
+    except ConfigError as exc:
+        print(f"agent-warden: error: {exc}", file=sys.stderr)
+        return 2
+    except PolicyError as exc:
+        first = exc.problems[0] if exc.problems else None
+        print(
+            f"agent-warden: error: {first}" if first else f"agent-warden: error: {exc}",
+            file=sys.stderr,
+        )
+        return 2
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

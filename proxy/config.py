@@ -1,0 +1,159 @@
+"""Run-time settings: flags, their environment variables, and validation (no I/O beyond env)."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from yarl import URL
+
+from proxy.durations import parse_duration
+
+Protocol = Literal["auto", "mcp", "a2a"]
+PROTOCOLS: tuple[Protocol, ...] = ("auto", "mcp", "a2a")
+
+ENV_PREFIX = "AGENT_WARDEN_"
+
+
+class ConfigError(ValueError):
+    """A setting that stops start-up; its text is the one line the operator sees."""
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    upstream: URL
+    listen: Address = Address("0.0.0.0", 8080)
+    admin: Address = Address("127.0.0.1", 9901)
+    policy: str | None = None
+    protocol: Protocol = "auto"
+    connect_timeout: float = 5.0
+    response_timeout: float = 120.0  # time to the upstream's response headers
+    stream_idle_timeout: float = 300.0  # silence allowed inside a streamed body
+    upstream_keepalive: float = 4.0  # below the 5 s keep-alive of uvicorn and Node
+    max_body_size: int = 10 * 1024 * 1024
+    max_connections: int = 1000
+    grace_period: float = 20.0
+    log_level: str = "info"
+
+
+def parse_address(value: str, what: str) -> Address:
+    """``HOST:PORT``, ``:PORT`` or ``[v6]:PORT``."""
+    text = value.strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ConfigError(f"{what}: expected HOST:PORT, got {value!r}")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{what}: port {port} out of range")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError(f"{what}: bad IPv6 address in {value!r}") from None
+    host = host or "0.0.0.0"
+    return Address(host, port)
+
+
+def parse_upstream(value: str) -> URL:
+    try:
+        url = URL(value.strip())
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"--upstream: bad URL {value!r}: {exc}") from None
+    if url.scheme not in ("http", "https"):
+        raise ConfigError(f"--upstream: URL must start with http:// or https://, got {value!r}")
+    if not url.host:
+        raise ConfigError(f"--upstream: URL has no host: {value!r}")
+    try:
+        _ = url.port
+    except ValueError:
+        raise ConfigError(f"--upstream: bad port in {value!r}") from None
+    if url.query_string or url.fragment:
+        raise ConfigError(f"--upstream: URL must not carry a query or fragment: {value!r}")
+    return url
+
+
+def parse_size(value: str, what: str) -> int:
+    text = value.strip().lower()
+    factor = 1
+    for suffix, mult in (
+        ("kib", 1024),
+        ("mib", 1024**2),
+        ("gib", 1024**3),
+        ("k", 1024),
+        ("m", 1024**2),
+    ):
+        if text.endswith(suffix):
+            text, factor = text[: -len(suffix)], mult
+            break
+    if not text.isdigit() or int(text) <= 0:
+        raise ConfigError(f"{what}: expected a positive size such as 10MiB, got {value!r}")
+    return int(text) * factor
+
+
+def seconds(value: str, what: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+
+
+def env_name(flag: str) -> str:
+    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+
+
+def from_options(options: Mapping[str, str | None]) -> Settings:
+    """Settings from flag values already merged with their environment variables."""
+    upstream = options.get("upstream")
+    if not upstream:
+        raise ConfigError(f"--upstream is required (or set {env_name('upstream')})")
+    protocol = (options.get("protocol") or "auto").strip().lower()
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"--protocol: expected auto, mcp or a2a, got {protocol!r}")
+    defaults = Settings(upstream=URL("http://127.0.0.1"))
+
+    def opt(name: str) -> str | None:
+        value = options.get(name)
+        return value if value not in (None, "") else None
+
+    listen, admin = opt("listen"), opt("admin")
+    level = (opt("log_level") or defaults.log_level).lower()
+    if level not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"--log-level: expected debug, info, warning or error, got {level!r}")
+    max_conn = opt("max_connections")
+    if max_conn is not None and (not max_conn.isdigit() or int(max_conn) < 1):
+        raise ConfigError(f"--max-connections: expected a positive integer, got {max_conn!r}")
+
+    def dur(name: str, default: float) -> float:
+        value = opt(name)
+        return default if value is None else seconds(value, "--" + name.replace("_", "-"))
+
+    max_body = opt("max_body_size")
+    return Settings(
+        upstream=parse_upstream(upstream),
+        listen=parse_address(listen, "--listen") if listen else defaults.listen,
+        admin=parse_address(admin, "--admin") if admin else defaults.admin,
+        policy=opt("policy"),
+        protocol=protocol,
+        connect_timeout=dur("connect_timeout", defaults.connect_timeout),
+        response_timeout=dur("response_timeout", defaults.response_timeout),
+        stream_idle_timeout=dur("stream_idle_timeout", defaults.stream_idle_timeout),
+        upstream_keepalive=dur("upstream_keepalive", defaults.upstream_keepalive),
+        max_body_size=(
+            parse_size(max_body, "--max-body-size") if max_body else defaults.max_body_size
+        ),
+        max_connections=int(max_conn) if max_conn else defaults.max_connections,
+        grace_period=dur("grace_period", defaults.grace_period),
+        log_level=level,
+    )

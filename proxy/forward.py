@@ -1,0 +1,544 @@
+"""Streaming pass-through to the upstream: bodies, SSE, headers; upstream failures as envelopes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import (
+    ClientConnectionError,
+    ClientConnectorError,
+    ClientPayloadError,
+    ClientResponse,
+    ClientResponseError,
+    ClientSession,
+    ConnectionTimeoutError,
+    ServerDisconnectedError,
+    hdrs,
+    web,
+)
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from proxy.config import Settings
+from proxy.errors import (
+    Code,
+    E,
+    Rendered,
+    WardenError,
+    code_for_upstream_status,
+    jsonrpc_error_object,
+    render_aip193,
+    render_jsonrpc,
+    render_sse_aip193,
+    render_sse_jsonrpc,
+)
+from proxy.protocols import jsonrpc
+from proxy.protocols.classify import Binding, Classified, classify, reads_body
+from proxy.protocols.mcp import SESSION_HEADER
+from proxy.protocols.sse import EventSplitter, event_data
+
+log = logging.getLogger("agent_warden.forward")
+
+# RFC 9110 section 7.6.1, plus the legacy Proxy-Connection and Keep-Alive.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Set by the proxy itself on the way up.
+_REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "expect", "accept-encoding"}
+_RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
+# Kept when an upstream error body is rewritten: they still mean something to the client.
+_KEPT_ON_REWRITE = ("Retry-After", "WWW-Authenticate", "Allow", SESSION_HEADER)
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "PUT"})
+_UPSTREAM_MESSAGE_MAX = 200
+_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorStyle:
+    """What the policy file says about rendering errors."""
+
+    domain: str = "agent-warden.dev"
+    a2a_spec: str = "1.0.1"
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
+    values = headers.getall(hdrs.CONNECTION, ())
+    if not values:
+        return frozenset()
+    return frozenset(t.strip().lower() for v in values for t in v.split(",") if t.strip())
+
+
+def filter_headers(headers: CIMultiDictProxy[str], drop: frozenset[str]) -> CIMultiDict[str]:
+    """A copy without hop-by-hop headers, including those named in ``Connection``."""
+    named = _connection_tokens(headers)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        low = name.lower()
+        if low in drop or low in named:
+            continue
+        out.add(name, value)
+    return out
+
+
+def upstream_failure(exc: BaseException) -> E:
+    """The aiohttp client exception tree as a table, most specific first."""
+    if isinstance(exc, ConnectionTimeoutError | ClientConnectorError):
+        return E.UPSTREAM_UNAVAILABLE
+    if isinstance(exc, TimeoutError):  # our header deadline, or a socket read timeout
+        return E.UPSTREAM_TIMEOUT
+    return E.UPSTREAM_UNAVAILABLE
+
+
+class Forwarder:
+    """One handler for every method and path; holds the pooled upstream client."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: ClientSession,
+        error_style: Callable[[], ErrorStyle],
+    ) -> None:
+        self._settings = settings
+        self._client = client
+        self._style = error_style
+        self._base = str(settings.upstream).rstrip("/")
+        self._upstream_host = settings.upstream.host or ""
+
+    # -- request side -------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        settings = self._settings
+        body: bytes | None = None
+        if reads_body(request.method):
+            length = request.content_length
+            if length is not None and length > settings.max_body_size:
+                return self._too_large(request)
+            try:
+                body = await self._read_request(request)
+            except BodyTooLarge:
+                return self._too_large(request)
+        info = classify(request.method, request.path, request.headers, body, settings.protocol)
+        if info.invalid is not None:
+            err = E.PARSE_ERROR if info.invalid.parse_error else E.INVALID_REQUEST
+            return self._error(info, WardenError(err))
+        return await self._forward(request, info, body)
+
+    async def _read_request(self, request: web.Request) -> bytes:
+        limit = self._settings.max_body_size
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            chunk = await request.content.readany()
+            if not chunk:
+                return b"".join(parts)
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge
+            parts.append(chunk)
+
+    def _too_large(self, request: web.Request) -> web.Response:
+        # The body was not read: a JSON-RPC id cannot be echoed, so the envelope follows the path.
+        info = classify(
+            request.method, request.path, request.headers, None, self._settings.protocol
+        )
+        if info.binding is Binding.OPAQUE and request.content_type in ("application/json", ""):
+            info = Classified(info.protocol, Binding.JSONRPC)
+        resp = self._error(info, WardenError(E.REQUEST_TOO_LARGE))
+        resp.force_close()  # the unread body must not be parsed as the next request
+        return resp
+
+    def _upstream_headers(self, request: web.Request) -> CIMultiDict[str]:
+        headers = filter_headers(request.headers, _REQUEST_DROP)
+        peer = request.remote or ""
+        prior = request.headers.get("X-Forwarded-For")
+        headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
+        if "X-Forwarded-Proto" not in headers:
+            headers["X-Forwarded-Proto"] = request.scheme
+        if "X-Forwarded-Host" not in headers and request.host:
+            headers["X-Forwarded-Host"] = request.host
+        # The proxy reads upstream bodies to validate and rewrite them: ask for them plain.
+        headers[hdrs.ACCEPT_ENCODING] = "identity"
+        return headers
+
+    async def _streamed_request_body(self, request: web.Request, overflow: list[bool]) -> Any:
+        limit = self._settings.max_body_size
+        size = 0
+        while True:
+            chunk = await request.content.readany()
+            if not chunk:
+                return
+            size += len(chunk)
+            if size > limit:
+                overflow.append(True)  # aiohttp wraps what the body raises: flag it instead
+                raise BodyTooLarge
+            yield chunk
+
+    async def _forward(
+        self, request: web.Request, info: Classified, body: bytes | None
+    ) -> web.StreamResponse:
+        headers = self._upstream_headers(request)
+        url = URL(self._base + request.raw_path, encoded=True)
+        data: Any = body
+        overflow: list[bool] = []
+        if body is None and request.body_exists:
+            if request.content_length is not None:
+                if request.content_length > self._settings.max_body_size:
+                    return self._too_large(request)
+                headers[hdrs.CONTENT_LENGTH] = str(request.content_length)
+            data = self._streamed_request_body(request, overflow)
+        attempts = 2 if request.method in _IDEMPOTENT and not request.body_exists else 1
+        for attempt in range(attempts):
+            try:
+                async with asyncio.timeout(self._settings.response_timeout):
+                    resp = await self._client.request(
+                        request.method,
+                        url,
+                        headers=headers,
+                        data=data,
+                        allow_redirects=False,
+                        auto_decompress=False,
+                    )
+                break
+            except BodyTooLarge:
+                return self._too_large(request)
+            except ServerDisconnectedError as exc:
+                # A pooled keep-alive connection closed under us: retry idempotent requests once.
+                if attempt + 1 < attempts:
+                    continue
+                return self._upstream_error(info, exc)
+            except (ClientConnectionError, ClientResponseError, TimeoutError) as exc:
+                if overflow:
+                    return self._too_large(request)
+                return self._upstream_error(info, exc)
+        try:
+            return await self._respond(request, info, resp)
+        finally:
+            resp.release()
+
+    # -- response side ------------------------------------------------------------------
+
+    async def _respond(
+        self, request: web.Request, info: Classified, resp: ClientResponse
+    ) -> web.StreamResponse:
+        status = resp.status
+        headers = filter_headers(resp.headers, _RESPONSE_DROP)
+        streaming = resp.content_type == "text/event-stream"
+        if request.method == "HEAD" or status in (204, 304) or status < 200:
+            return web.Response(status=status, reason=resp.reason, headers=headers)
+        if status >= 400:
+            return await self._error_status(info, resp, headers)
+        ids = info.request_ids
+        if 200 <= status < 300 and info.binding is Binding.JSONRPC and ids:
+            if streaming:
+                return await self._relay_events(request, info, resp, headers, set(ids))
+            return await self._checked_jsonrpc(request, info, resp, headers)
+        if streaming:
+            return await self._relay_events(request, info, resp, headers, None)
+        return await self._relay(request, resp, headers)
+
+    async def _read_bounded(self, resp: ClientResponse) -> tuple[bytes, bool]:
+        """The body if it fits the inspection limit; ``(prefix, False)`` when it does not."""
+        limit = self._settings.max_body_size
+        length = resp.content_length
+        if length is not None and length <= limit:
+            return await resp.read(), True
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            chunk = await resp.content.readany()
+            if not chunk:
+                return b"".join(parts), True
+            parts.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                return b"".join(parts), False
+
+    async def _checked_jsonrpc(
+        self,
+        request: web.Request,
+        info: Classified,
+        resp: ClientResponse,
+        headers: CIMultiDict[str],
+    ) -> web.StreamResponse:
+        try:
+            data, whole = await self._read_bounded(resp)
+        except (ClientPayloadError, ClientConnectionError, TimeoutError) as exc:
+            return self._upstream_error(info, exc)
+        if not whole:  # too large to inspect: trusted as it streams
+            return await self._relay(request, resp, headers, prefix=data)
+        if not _encoded(resp) and not _is_jsonrpc_response(data):
+            log.warning(
+                "upstream answered a JSON-RPC request with a body that is not JSON-RPC",
+                extra={"status": resp.status, "path": request.path},
+            )
+            err = (
+                E.INVALID_AGENT_RESPONSE if info.protocol == "a2a" else E.UPSTREAM_INVALID_RESPONSE
+            )
+            return self._error(info, WardenError(err))
+        return web.Response(body=data, status=resp.status, reason=resp.reason, headers=headers)
+
+    async def _error_status(
+        self, info: Classified, resp: ClientResponse, headers: CIMultiDict[str]
+    ) -> web.StreamResponse:
+        try:
+            data, whole = await self._read_bounded(resp)
+        except (ClientPayloadError, ClientConnectionError, TimeoutError) as exc:
+            return self._upstream_error(info, exc)
+        doc = _json_or_none(data) if whole and not _encoded(resp) else None
+        if info.binding is Binding.JSONRPC:
+            conformant = doc is not None and jsonrpc.is_error_response(doc)
+        else:
+            conformant = doc is not None and _is_aip193(doc)
+        if conformant:
+            return web.Response(body=data, status=resp.status, reason=resp.reason, headers=headers)
+        status = resp.status
+        log.warning(
+            "upstream error status with a non-conformant body rewritten",
+            extra={"status": status, "content_type": resp.content_type},
+        )
+        if (
+            info.binding is Binding.JSONRPC
+            and info.protocol == "mcp"
+            and status == 404
+            and SESSION_HEADER in resp.request_info.headers
+        ):
+            # MCP: a 404 to a request carrying a session id means the session is gone.
+            rendered = self._render(info, WardenError(E.SESSION_NOT_FOUND))
+        else:
+            err = WardenError(
+                E.UPSTREAM_ERROR,
+                message=_upstream_message(doc),
+                status_override=code_for_upstream_status(status),
+            )
+            rendered = self._render(info, err)
+            if status == 401 and info.binding is Binding.JSONRPC:
+                # An auth challenge must reach the client as one (MCP authorization).
+                rendered = Rendered(401, rendered.headers, rendered.body)
+        out = _to_response(rendered)
+        for name in _KEPT_ON_REWRITE:
+            for value in resp.headers.getall(name, ()):
+                out.headers.add(name, value)
+        return out
+
+    async def _relay(
+        self,
+        request: web.Request,
+        resp: ClientResponse,
+        headers: CIMultiDict[str],
+        prefix: bytes = b"",
+    ) -> web.StreamResponse:
+        """Pass a body through unchanged, chunk by chunk as it arrives."""
+        length = resp.content_length
+        if not prefix and length is not None and length <= _CHUNK:
+            try:
+                data = await resp.read()
+            except (ClientPayloadError, ClientConnectionError, TimeoutError):
+                return self._abort(request)
+            return web.Response(body=data, status=resp.status, reason=resp.reason, headers=headers)
+        out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)
+        if length is not None:
+            out.content_length = length
+        await out.prepare(request)
+        try:
+            if prefix:
+                await out.write(prefix)
+            while True:
+                try:
+                    chunk = await resp.content.readany()
+                except (ClientPayloadError, ClientConnectionError, TimeoutError):
+                    # Headers are gone already: a cut connection is the only honest signal.
+                    return self._abort(request, out)
+                if not chunk:
+                    break
+                await out.write(chunk)
+            await out.write_eof()
+        except ConnectionResetError:
+            resp.close()  # the client left; do not reuse a half-read upstream connection
+        return out
+
+    async def _relay_events(
+        self,
+        request: web.Request,
+        info: Classified,
+        resp: ClientResponse,
+        headers: CIMultiDict[str],
+        pending: set[jsonrpc.JsonRpcId] | None,
+    ) -> web.StreamResponse:
+        """Relay an SSE stream event by event; a stream cut before its end gets an error event."""
+        out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)
+        await out.prepare(request)
+        splitter = EventSplitter()
+        interrupted = False
+        try:
+            while True:
+                try:
+                    chunk = await resp.content.readany()
+                except (ClientPayloadError, ClientConnectionError, TimeoutError) as exc:
+                    log.warning(
+                        "upstream event stream interrupted",
+                        extra={"path": request.path, "error": type(exc).__name__},
+                    )
+                    interrupted = True
+                    break
+                if not chunk:
+                    break
+                ready = splitter.feed(chunk)
+                if ready:
+                    if pending:
+                        _mark_answered(ready, pending)
+                    await out.write(ready)
+            if not interrupted and not pending:
+                if splitter.pending:
+                    await out.write(splitter.pending)
+            elif pending or info.binding is not Binding.OPAQUE:
+                # Ended before its final event: tell the client in the stream's own terms.
+                await out.write(self._interrupted_events(info, pending))
+            await out.write_eof()
+        except ConnectionResetError:
+            resp.close()
+        return out
+
+    def _interrupted_events(
+        self, info: Classified, pending: Iterable[jsonrpc.JsonRpcId] | None
+    ) -> bytes:
+        style = self._style()
+        err = WardenError(E.UPSTREAM_STREAM_INTERRUPTED)
+        if info.binding is Binding.JSONRPC:
+            ids = list(pending) if pending else [None]
+            return b"".join(
+                render_sse_jsonrpc(
+                    err,
+                    i,
+                    domain=style.domain,
+                    a2a_spec=style.a2a_spec,
+                    mcp=info.protocol == "mcp",
+                )
+                for i in ids
+            )
+        return render_sse_aip193(err, domain=style.domain, a2a_spec=style.a2a_spec)
+
+    def _abort(
+        self, request: web.Request, out: web.StreamResponse | None = None
+    ) -> web.StreamResponse:
+        if request.transport is not None:
+            request.transport.close()
+        return out if out is not None else web.Response(status=502)
+
+    # -- errors -------------------------------------------------------------------------
+
+    def _upstream_error(self, info: Classified, exc: BaseException) -> web.Response:
+        reason = upstream_failure(exc)
+        log.warning(
+            "upstream request failed",
+            extra={"reason": reason.name, "error": type(exc).__name__, "detail": str(exc)[:200]},
+        )
+        return self._error(info, WardenError(reason))
+
+    def _render(self, info: Classified, err: WardenError) -> Rendered:
+        style = self._style()
+        if info.binding is not Binding.JSONRPC:
+            return render_aip193(err, domain=style.domain, a2a_spec=style.a2a_spec)
+        mcp = info.protocol == "mcp"
+        if info.invalid is not None:
+            return render_jsonrpc(
+                err, info.invalid.id, domain=style.domain, a2a_spec=style.a2a_spec, mcp=mcp
+            )
+        ids = info.request_ids
+        if info.body is None:  # body unread (too large)
+            return render_jsonrpc(err, None, domain=style.domain, a2a_spec=style.a2a_spec, mcp=mcp)
+        if not ids:
+            return render_jsonrpc(
+                err, None, domain=style.domain, a2a_spec=style.a2a_spec, mcp=mcp, notification=True
+            )
+        single = render_jsonrpc(err, ids[0], domain=style.domain, a2a_spec=style.a2a_spec, mcp=mcp)
+        if not info.body.batch:
+            return single
+        batch = [
+            jsonrpc_error_object(err, i, domain=style.domain, a2a_spec=style.a2a_spec, mcp=mcp)
+            for i in ids
+        ]
+        body = json.dumps(batch, separators=(",", ":")).encode()
+        return Rendered(single.status, single.headers, body)
+
+    def _error(self, info: Classified, err: WardenError) -> web.Response:
+        return _to_response(self._render(info, err))
+
+
+def _to_response(rendered: Rendered) -> web.Response:
+    return web.Response(
+        status=rendered.status, body=rendered.body, headers=CIMultiDict(rendered.headers)
+    )
+
+
+def _encoded(resp: ClientResponse) -> bool:
+    encoding = resp.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
+    return encoding not in ("", "identity")
+
+
+def _json_or_none(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _is_jsonrpc_response(data: bytes) -> bool:
+    doc = _json_or_none(data)
+    return doc is not None and jsonrpc.is_response(doc)
+
+
+def _is_aip193(doc: Any) -> bool:
+    if not isinstance(doc, dict):
+        return False
+    error = doc.get("error")
+    return (
+        isinstance(error, dict)
+        and isinstance(error.get("code"), int)
+        and isinstance(error.get("message"), str)
+        and isinstance(error.get("status"), str)
+    )
+
+
+def _upstream_message(doc: Any) -> str | None:
+    """The upstream's own one-line message, from the usual JSON shapes; never HTML or traces."""
+    if not isinstance(doc, dict):
+        return None
+    for key in ("message", "error", "detail"):
+        value = doc.get(key)
+        if isinstance(value, dict):
+            value = value.get("message")
+        if isinstance(value, str) and value.strip():
+            line = value.strip().splitlines()[0]
+            return line[:_UPSTREAM_MESSAGE_MAX]
+    return None
+
+
+def _mark_answered(events: bytes, pending: set[jsonrpc.JsonRpcId]) -> None:
+    for data in event_data(events):
+        doc = _json_or_none(data.encode())
+        if doc is None:
+            continue
+        for answered in jsonrpc.response_ids(doc):
+            pending.discard(answered)
+
+
+__all__ = ["HOP_BY_HOP", "Code", "ErrorStyle", "Forwarder", "filter_headers", "upstream_failure"]

@@ -1,0 +1,100 @@
+"""What a request is: protocol, binding and the parsed JSON-RPC body. Pure, no I/O."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from proxy.protocols import a2a, jsonrpc, mcp
+
+Protocol = Literal["mcp", "a2a", "unknown"]
+
+
+class Binding(enum.Enum):
+    JSONRPC = "jsonrpc"  # errors are JSON-RPC error objects
+    REST = "rest"  # A2A HTTP+JSON: errors are AIP-193 bodies
+    OPAQUE = "opaque"  # anything else (MCP GET streams, DELETE, static files): AIP-193
+
+
+_JSON_TYPES = ("application/json", "application/a2a+json", "application/json-rpc")
+
+
+def is_json_type(content_type: str) -> bool:
+    base = content_type.partition(";")[0].strip().lower()
+    return base in _JSON_TYPES or base.endswith("+json")
+
+
+def reads_body(method: str) -> bool:
+    """POST bodies are read whole (bounded) to be classified; other bodies stream."""
+    return method == "POST"
+
+
+def looks_like_json(body: bytes) -> bool:
+    return body.lstrip(b" \t\r\n")[:1] in (b"{", b"[")
+
+
+@dataclass(frozen=True, slots=True)
+class Classified:
+    protocol: Protocol
+    binding: Binding
+    body: jsonrpc.Body | None = None
+    invalid: jsonrpc.Invalid | None = None
+    rest: a2a.RestMatch | None = None
+
+    @property
+    def request_ids(self) -> tuple[jsonrpc.JsonRpcId, ...]:
+        return self.body.request_ids if self.body is not None else ()
+
+
+def _protocol_of_method(method: str | None) -> Protocol:
+    if method is None:
+        return "unknown"
+    if mcp.is_mcp_method(method):
+        return "mcp"
+    if a2a.op_for_method(method) is not None:
+        return "a2a"
+    return "unknown"
+
+
+def _protocol_of_headers(headers: Mapping[str, str]) -> Protocol:
+    if mcp.SESSION_HEADER in headers or mcp.PROTOCOL_VERSION_HEADER in headers:
+        return "mcp"
+    if "A2A-Version" in headers:
+        return "a2a"
+    return "unknown"
+
+
+def classify(
+    method: str,
+    path: str,
+    headers: Mapping[str, str],
+    body: bytes | None,
+    forced: Literal["auto", "mcp", "a2a"] = "auto",
+) -> Classified:
+    """Classify one request; ``headers`` must be case-insensitive (a CIMultiDict)."""
+    if forced != "mcp":
+        rest = a2a.classify_rest(method, path)
+        if rest is not None:
+            return Classified("a2a", Binding.REST, rest=rest)
+    if body is not None and (
+        is_json_type(headers.get("Content-Type", "")) or looks_like_json(body)
+    ):
+        parsed = jsonrpc.parse(body)
+        if isinstance(parsed, jsonrpc.Invalid):
+            protocol: Protocol = forced if forced != "auto" else _protocol_of_headers(headers)
+            return Classified(protocol, Binding.JSONRPC, invalid=parsed)
+        if forced != "auto":
+            protocol = forced
+        else:
+            protocol = _protocol_of_method(parsed.first_method)
+            if protocol == "unknown":
+                protocol = _protocol_of_headers(headers)
+        return Classified(protocol, Binding.JSONRPC, body=parsed)
+    if forced != "auto":
+        return Classified(forced, Binding.OPAQUE)
+    protocol = _protocol_of_headers(headers)
+    if protocol == "unknown" and a2a.is_agent_card_path(path):
+        protocol = "a2a"
+    return Classified(protocol, Binding.OPAQUE)

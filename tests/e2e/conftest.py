@@ -1,0 +1,66 @@
+"""In-process fixtures: the proxy application and a hand-written upstream on the test's loop."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from aiohttp import ClientSession, web
+from yarl import URL
+
+from proxy.app import Runtime, build_proxy_app
+from proxy.config import Address, Settings
+from proxy.policy import DEFAULT_POLICY, PolicyFile
+
+StartProxy = Callable[..., Awaitable[str]]
+StartUpstream = Callable[[web.Application], Awaitable[str]]
+
+
+async def _serve(app: web.Application, runners: list[web.AppRunner]) -> str:
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    runners.append(runner)
+    return f"http://127.0.0.1:{site.port}"
+
+
+@pytest.fixture
+async def start_upstream() -> AsyncIterator[StartUpstream]:
+    """Serves an aiohttp application on a free loopback port; returns its base URL."""
+    runners: list[web.AppRunner] = []
+
+    async def start(app: web.Application) -> str:
+        return await _serve(app, runners)
+
+    yield start
+    for runner in reversed(runners):
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def start_proxy() -> AsyncIterator[StartProxy]:
+    """The proxy application in this process: ``await start_proxy(upstream_url, **settings)``."""
+    runners: list[web.AppRunner] = []
+
+    async def start(upstream: str, policy: PolicyFile = DEFAULT_POLICY, **overrides: Any) -> str:
+        settings = replace(
+            Settings(upstream=URL(upstream), listen=Address("127.0.0.1", 0)), **overrides
+        )
+        runtime = Runtime(settings=settings, policy=policy)
+        runtime.set_policy(policy)
+        runtime.ready = True
+        return await _serve(build_proxy_app(runtime), runners)
+
+    yield start
+    for runner in reversed(runners):
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[ClientSession]:
+    """A raw HTTP client that leaves bodies and headers exactly as they arrive."""
+    async with ClientSession(auto_decompress=False) as session:
+        yield session
