@@ -9,7 +9,7 @@ from typing import Literal
 
 from yarl import URL
 
-from proxy.durations import parse_duration
+from proxy.durations import parse_flag_duration
 
 Protocol = Literal["auto", "mcp", "a2a"]
 PROTOCOLS: tuple[Protocol, ...] = ("auto", "mcp", "a2a")
@@ -104,7 +104,7 @@ def parse_size(value: str, what: str) -> int:
 
 def seconds(value: str, what: str) -> float:
     try:
-        return parse_duration(value)
+        return parse_flag_duration(value)
     except ValueError as exc:
         raise ConfigError(f"{what}: {exc}") from None
 

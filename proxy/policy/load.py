@@ -1,0 +1,585 @@
+"""Reading policy files: YAML nodes (with line numbers) checked against key tables.
+
+Every problem in a file is reported, each as ``file:line: key.path: message``.
+
+Decisions:
+
+- An empty file (or one holding only comments) is valid and equals the built-in
+  policy. A file with any content must say ``version: 1``.
+- ``null`` (a key with nothing after it, e.g. a section whose body is commented
+  out) on a mapping- or list-valued key means "not set": the value is inherited.
+  On a scalar key it is a type error.
+- Durations: a positive YAML integer of seconds, or a string of one or more
+  ``<digits><unit>`` parts in the order h, m, s, ms (``500ms``, ``90s``, ``15m``,
+  ``1h``, ``1h30m``). No floats, no bare numbers in strings: use ``ms`` for
+  fractions of a second.
+- Limits are integers >= 1 (booleans are not integers); deny a tool to forbid it.
+- YAML merge keys (``<<: *anchor``) work; explicit keys override merged ones.
+  Top-level keys starting with ``x-`` are ignored, to hold anchors.
+- ``default`` is reserved as a policy name: it names the fallback to ``defaults``.
+
+To add a key: add a field to the model class and one line to its table below.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import yaml
+from yaml.constructor import SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from proxy.durations import DURATION_HINT, DURATION_RE, parse_duration
+from proxy.policy.globs import glob_problem
+from proxy.policy.model import DEFAULT_POLICY_NAME, GlobSet, NamedPolicy, PolicyFile, Rules
+
+__all__ = [
+    "DOMAIN_RE",
+    "DURATION_RE",
+    "EXTENSION_PREFIX",
+    "HEADER_RE",
+    "PolicyError",
+    "Problem",
+    "check_files",
+    "key_paths",
+    "load_policy",
+    "parse_duration",
+    "parse_policy",
+]
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+_D = TypeVar("_D", bound="DataclassInstance")
+
+# RFC 9110 token characters.
+HEADER_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+DOMAIN_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+EXTENSION_PREFIX = "x-"
+"""Top-level keys with this prefix are ignored: a place for anchors (``x-common: &c``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    file: str
+    line: int
+    """1-based; 0 when the problem concerns the whole file (e.g. it cannot be read)."""
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.message}"
+
+
+class PolicyError(Exception):
+    """A policy file that cannot be used; ``problems`` lists every problem found."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+# --- walking the node tree ----------------------------------------------------------
+
+
+class _Skip(Enum):
+    """Returned by a spec when the key gets no value: invalid (reported) or null."""
+
+    SKIP = 0
+
+
+_SKIP = _Skip.SKIP
+
+
+class _Partial(dict[str, Any]):
+    """The keys a section sets, with the line of each key."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: dict[str, int] = {}
+
+
+@dataclass(slots=True)
+class _Ctx:
+    file: str
+    problems: list[Problem] = field(default_factory=list)
+    constructor: SafeConstructor = field(default_factory=SafeConstructor)
+
+    def report(self, node: Node, path: str, message: str) -> _Skip:
+        text = f"{path}: {message}" if path else message
+        self.problems.append(Problem(self.file, _line(node), text))
+        return _SKIP
+
+    def wrong_type(self, node: Node, path: str, expected: str) -> _Skip:
+        return self.report(node, path or "(top level)", f"expected {expected}, got {_kind(node)}")
+
+    def scalar(self, node: ScalarNode, path: str) -> object:
+        try:
+            return self.constructor.construct_object(node)
+        except (yaml.YAMLError, ValueError) as exc:
+            reason = getattr(exc, "problem", None) or str(exc)
+            return self.report(node, path, f"cannot read value: {reason}")
+
+
+def _line(node: Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+def _is_null(node: Node) -> bool:
+    return isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:null"
+
+
+_TAG_KINDS = {
+    "bool": "a boolean",
+    "int": "an integer",
+    "float": "a float",
+    "str": "a string",
+    "timestamp": "a timestamp",
+    "binary": "binary data",
+}
+
+
+def _kind(node: Node) -> str:
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    if _is_null(node):
+        return "null"
+    kind = _TAG_KINDS.get(str(node.tag).rsplit(":", 1)[-1], f"a value tagged {node.tag}")
+    return f"{kind} {node.value!r}"
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+class _Spec:
+    """Checks one YAML value; returns the model value, or _SKIP."""
+
+    nullable = False
+
+    def parse(self, ctx: _Ctx, node: Node, path: str) -> object:
+        if self.nullable and _is_null(node):
+            return _SKIP
+        return self.check(ctx, node, path)
+
+    def check(self, ctx: _Ctx, node: Node, path: str) -> object:
+        raise NotImplementedError
+
+
+class _Scalar(_Spec):
+    """A scalar of one Python type, then an optional check returning a problem or None."""
+
+    def __init__(
+        self,
+        kind: type,
+        expected: str,
+        check: Callable[[Any], str | None] | None = None,
+    ) -> None:
+        self.kind, self.expected, self.extra = kind, expected, check
+
+    def check(self, ctx: _Ctx, node: Node, path: str) -> object:
+        if not isinstance(node, ScalarNode):
+            return ctx.wrong_type(node, path, self.expected)
+        value = ctx.scalar(node, path)
+        if value is _SKIP:
+            return _SKIP
+        if type(value) is not self.kind:  # exact: bool is a subclass of int
+            return ctx.wrong_type(node, path, self.expected)
+        problem = self.extra(value) if self.extra else None
+        if problem is not None:
+            return ctx.report(node, path, problem)
+        return value
+
+
+class _Duration(_Spec):
+    def check(self, ctx: _Ctx, node: Node, path: str) -> object:
+        if not isinstance(node, ScalarNode):
+            return ctx.wrong_type(node, path, "a duration")
+        value = ctx.scalar(node, path)
+        if value is _SKIP:
+            return _SKIP
+        if type(value) is int:
+            seconds = float(value)
+        elif isinstance(value, str) and (parsed := parse_duration(value)) is not None:
+            seconds = parsed
+        elif isinstance(value, str | float):
+            return ctx.report(node, path, f"bad duration {node.value!r}; {DURATION_HINT}")
+        else:
+            return ctx.wrong_type(node, path, "a duration")
+        if seconds <= 0:
+            return ctx.report(node, path, f"duration must be greater than zero, got {node.value!r}")
+        return seconds
+
+
+class _Globs(_Spec):
+    def __init__(self, *, nullable: bool = True, non_empty: bool = False) -> None:
+        self.nullable, self.non_empty = nullable, non_empty
+
+    def check(self, ctx: _Ctx, node: Node, path: str) -> object:
+        if not isinstance(node, SequenceNode):
+            return ctx.wrong_type(node, path, "a list of globs")
+        if self.non_empty and not node.value:
+            return ctx.report(node, path, "must not be empty")
+        globs: list[str] = []
+        for i, item in enumerate(node.value):
+            value = _GLOB.parse(ctx, item, f"{path}[{i}]")
+            if isinstance(value, str):
+                globs.append(value)
+        return tuple(globs) if len(globs) == len(node.value) else _SKIP
+
+
+class _IntMap(_Spec):
+    """``{name: limit}``: names are exact strings, values limits."""
+
+    nullable = True
+
+    def check(self, ctx: _Ctx, node: Node, path: str) -> object:
+        if not isinstance(node, MappingNode):
+            return ctx.wrong_type(node, path, "a mapping of names to limits")
+        out: dict[str, int] = {}
+        ok = True
+        for key, value_node, _ in _mapping_items(ctx, node, path):
+            if not key:
+                ctx.report(value_node, path, "empty name")
+                ok = False
+                continue
+            value = _LIMIT.parse(ctx, value_node, _join(path, key))
+            if isinstance(value, int):
+                out[key] = value
+            else:
+                ok = False
+        return MappingProxyType(out) if ok else _SKIP
+
+
+class _Section(_Spec):
+    """A mapping with a fixed set of keys."""
+
+    def __init__(
+        self,
+        fields: Mapping[str, _Spec],
+        *,
+        required: tuple[str, ...] = (),
+        nullable: bool = True,
+        extensions: bool = False,
+    ) -> None:
+        self.fields, self.required, self.nullable = fields, required, nullable
+        self.extensions = extensions
+
+    def check(self, ctx: _Ctx, node: Node, path: str) -> object:
+        if not isinstance(node, MappingNode):
+            return ctx.wrong_type(node, path, "a mapping")
+        out = _Partial()
+        for key, value_node, key_line in _mapping_items(ctx, node, path):
+            key_path = _join(path, key)
+            spec = self.fields.get(key)
+            if spec is None and self.extensions and key.startswith(EXTENSION_PREFIX):
+                continue
+            if spec is None:
+                ctx.problems.append(
+                    Problem(ctx.file, key_line, f"{key_path}: unknown key{self._hint(key)}")
+                )
+                continue
+            out.lines[key] = key_line
+            value = spec.parse(ctx, value_node, key_path)
+            if value is not _SKIP:
+                out[key] = value
+        for key in self.required:
+            if key not in out.lines:
+                ctx.report(node, path, f"missing required key '{key}'")
+        return out
+
+    def _hint(self, key: str) -> str:
+        nested = self._find(key)
+        if nested is not None:
+            return f", did you mean '{nested}'?"
+        close = difflib.get_close_matches(key, list(self.fields), n=1)
+        if close:
+            return f", did you mean '{close[0]}'?"
+        return f"; expected one of: {', '.join(self.fields)}"
+
+    def _find(self, key: str) -> str | None:
+        """The shortest path to ``key`` in the sections below this one (a misplaced key)."""
+        level: list[tuple[str, _Section]] = [("", self)]
+        while level:
+            below: list[tuple[str, _Section]] = []
+            for path, section in level:
+                for name, spec in section.fields.items():
+                    if isinstance(spec, _Section):
+                        if key in spec.fields:
+                            return _join(_join(path, name), key)
+                        below.append((_join(path, name), spec))
+            level = below
+        return None
+
+
+class _List(_Spec):
+    nullable = True
+
+    def __init__(self, item: _Spec) -> None:
+        self.item = item
+
+    def check(self, ctx: _Ctx, node: Node, path: str) -> object:
+        if not isinstance(node, SequenceNode):
+            return ctx.wrong_type(node, path, "a list")
+        items = [self.item.parse(ctx, item, f"{path}[{i}]") for i, item in enumerate(node.value)]
+        return tuple(items)
+
+
+def _mapping_items(ctx: _Ctx, node: MappingNode, path: str) -> Iterator[tuple[str, Node, int]]:
+    """(key, value node, key line) of a mapping; duplicates reported, merge keys expanded."""
+    explicit, merged = _split_merge(ctx, node, path, {id(node)})
+    seen: dict[str, int] = {}
+    for key_node, value_node in explicit:
+        if not isinstance(key_node, ScalarNode):
+            ctx.report(key_node, path or "(top level)", "keys must be plain strings")
+            continue
+        key = str(key_node.value)
+        if key in seen:
+            ctx.report(key_node, _join(path, key), f"duplicate key (first on line {seen[key]})")
+            continue
+        seen[key] = _line(key_node)
+        yield key, value_node, seen[key]
+    for key_node, value_node in merged:
+        key = str(key_node.value)
+        if isinstance(key_node, ScalarNode) and key not in seen:
+            seen[key] = _line(key_node)
+            yield key, value_node, seen[key]
+
+
+def _split_merge(
+    ctx: _Ctx, node: MappingNode, path: str, visiting: set[int]
+) -> tuple[list[tuple[Node, Node]], list[tuple[Node, Node]]]:
+    """The explicit pairs of a mapping, and those brought in by ``<<`` (first source wins)."""
+    explicit: list[tuple[Node, Node]] = []
+    merged: list[tuple[Node, Node]] = []
+    for key_node, value_node in node.value:
+        if key_node.tag != _MERGE_TAG:
+            explicit.append((key_node, value_node))
+            continue
+        sources = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
+        for source in sources:
+            if not isinstance(source, MappingNode):
+                ctx.report(source, _join(path, "<<"), "can only merge mappings")
+            elif id(source) not in visiting:
+                more_explicit, more_merged = _split_merge(
+                    ctx, source, path, visiting | {id(source)}
+                )
+                merged.extend(more_explicit + more_merged)
+    return explicit, merged
+
+
+# --- the key tables -----------------------------------------------------------------
+
+
+def _at_least_one(value: int) -> str | None:
+    return None if value >= 1 else f"must be at least 1, got {value}"
+
+
+def _one_of(*options: str) -> Callable[[str], str | None]:
+    listed = ", ".join(repr(o) for o in options)
+
+    def check(value: str) -> str | None:
+        return None if value in options else f"expected one of {listed}, got {value!r}"
+
+    return check
+
+
+def _header(value: str) -> str | None:
+    if not value:
+        return "must not be empty"
+    if HEADER_RE.fullmatch(value) is None:
+        return f"invalid header name {value!r}; allowed: letters, digits and !#$%&'*+-.^_`|~"
+    return None
+
+
+def _domain(value: str) -> str | None:
+    if len(value) > 253 or DOMAIN_RE.fullmatch(value) is None:
+        return f"invalid domain {value!r}; expected a DNS name like agent-warden.dev"
+    return None
+
+
+def _policy_name(value: str) -> str | None:
+    if not value:
+        return "must not be empty"
+    if value == DEFAULT_POLICY_NAME:
+        return f"'{DEFAULT_POLICY_NAME}' is reserved for the fallback to defaults"
+    return None
+
+
+def _enum(*options: str) -> _Scalar:
+    return _Scalar(str, f"one of {', '.join(repr(o) for o in options)}", _one_of(*options))
+
+
+_LIMIT = _Scalar(int, "an integer", _at_least_one)
+_GLOB = _Scalar(str, "a glob string", glob_problem)
+
+_RULES: dict[str, _Spec] = {
+    "mode": _enum("enforce", "audit"),
+    "session": _Section({"ttl": _Duration(), "idle_timeout": _Duration(), "max_per_agent": _LIMIT}),
+    "budget": _Section({"calls": _LIMIT, "tools": _IntMap()}),
+    "rate_limit": _Section({"per_minute": _LIMIT}),
+    "tools": _Section({"allow": _Globs(), "deny": _Globs()}),
+    "methods": _Section({"allow": _Globs(), "deny": _Globs()}),
+}
+
+_POLICY = _Section(
+    {
+        "name": _Scalar(str, "a string", _policy_name),
+        "match": _Section(
+            {"agents": _Globs(nullable=False, non_empty=True)},
+            required=("agents",),
+            nullable=False,
+        ),
+        **_RULES,
+    },
+    required=("name", "match"),
+    nullable=False,
+)
+
+_FILE = _Section(
+    {
+        "version": _Scalar(
+            int, "an integer", lambda v: None if v == 1 else f"unsupported version {v}; expected 1"
+        ),
+        "identity": _Section(
+            {"header": _Scalar(str, "a string", _header), "required": _Scalar(bool, "a boolean")}
+        ),
+        "errors": _Section(
+            {"domain": _Scalar(str, "a string", _domain), "a2a_spec": _enum("1.0.0", "1.0.1")}
+        ),
+        "store_failure": _enum("open", "closed"),
+        "defaults": _Section(_RULES),
+        "policies": _List(_POLICY),
+    },
+    required=("version",),
+    extensions=True,
+)
+
+
+def key_paths() -> frozenset[str]:
+    """Every key path the loader accepts (``policies[].budget.calls``); for the schema test."""
+
+    def walk(spec: _Spec, path: str) -> Iterator[str]:
+        if isinstance(spec, _List):
+            yield from walk(spec.item, f"{path}[]")
+        elif isinstance(spec, _Section):
+            for key, child in spec.fields.items():
+                yield _join(path, key)
+                yield from walk(child, _join(path, key))
+
+    return frozenset(walk(_FILE, ""))
+
+
+# --- building the model -------------------------------------------------------------
+
+
+def _apply(base: _D, partial: Mapping[str, Any]) -> _D:
+    """``base`` with the keys of ``partial`` replaced, nested sections field by field."""
+    changes = {
+        key: _apply(getattr(base, key), value) if isinstance(value, _Partial) else value
+        for key, value in partial.items()
+    }
+    return replace(base, **changes)
+
+
+def _build(top: _Partial, filename: str) -> PolicyFile:
+    defaults = _apply(Rules(), top.get("defaults", {}))
+    policies = tuple(
+        NamedPolicy(
+            name=p["name"],
+            agents=GlobSet(allow=p["match"]["agents"]),
+            rules=_apply(defaults, {k: v for k, v in p.items() if k in _RULES}),
+        )
+        for p in top.get("policies", ())
+    )
+    rest = {k: v for k, v in top.items() if k not in ("defaults", "policies")}
+    return replace(_apply(PolicyFile(source=filename), rest), defaults=defaults, policies=policies)
+
+
+def _duplicate_names(ctx: _Ctx, top: _Partial) -> None:
+    first: dict[str, int] = {}
+    for i, policy in enumerate(top.get("policies", ())):
+        if not isinstance(policy, _Partial) or "name" not in policy:
+            continue
+        name, line = policy["name"], policy.lines["name"]
+        if name in first:
+            ctx.problems.append(
+                Problem(
+                    ctx.file,
+                    line,
+                    f"policies[{i}].name: duplicate policy name {name!r} "
+                    f"(first on line {first[name]})",
+                )
+            )
+        else:
+            first[name] = line
+
+
+def _yaml_problem(filename: str, text: str, exc: yaml.YAMLError) -> Problem:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    if mark is not None:
+        line = int(mark.line) + 1
+    else:
+        position = getattr(exc, "position", None)
+        line = text.count("\n", 0, position) + 1 if isinstance(position, int) else 1
+    if isinstance(exc, yaml.reader.ReaderError) and isinstance(exc.character, int):
+        what = f"unacceptable character #x{exc.character:04x}: {exc.reason}"
+    else:
+        parts = [getattr(exc, "context", None), getattr(exc, "problem", None)]
+        what = "; ".join(str(p) for p in parts if p) or str(exc).replace("\n", " ")
+    return Problem(filename, line, f"invalid YAML: {what}")
+
+
+def parse_policy(text: str, filename: str) -> PolicyFile:
+    """The policy in ``text``; raises PolicyError listing every problem (sorted by line)."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise PolicyError([_yaml_problem(filename, text, exc)]) from None
+    if root is None or _is_null(root):
+        return PolicyFile(source=filename)
+    ctx = _Ctx(filename)
+    top = _FILE.parse(ctx, root, "")
+    if isinstance(top, _Partial):
+        _duplicate_names(ctx, top)
+    if ctx.problems or not isinstance(top, _Partial):
+        raise PolicyError(sorted(ctx.problems, key=lambda p: p.line))
+    return _build(top, filename)
+
+
+def load_policy(path: str | Path) -> PolicyFile:
+    """The policy in the file at ``path``; raises PolicyError (line 0 if unreadable)."""
+    name = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise PolicyError([Problem(name, 0, f"cannot read policy file: {reason}")]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise PolicyError([Problem(name, line, "not UTF-8 text")]) from None
+    return parse_policy(text, name)
+
+
+def check_files(paths: Sequence[str]) -> list[str]:
+    """``file:line: message`` for every problem in ``paths``; empty when all are valid."""
+    out: list[str] = []
+    for path in paths:
+        try:
+            load_policy(path)
+        except PolicyError as exc:
+            out.extend(str(p) for p in exc.problems)
+    return out
