@@ -14,7 +14,7 @@ from typing import NoReturn
 from aiohttp import web
 
 from proxy import __version__, logs
-from proxy.app import Runtime, build_admin_app, build_proxy_app
+from proxy.app import Runtime, build_admin_app, build_proxy_app, services
 from proxy.config import ConfigError, Settings, env_name, from_options
 from proxy.policy import DEFAULT_POLICY, PolicyError, check_files, load_policy
 
@@ -83,6 +83,11 @@ def _check(files: Sequence[str]) -> int:
 
 
 async def _serve(settings: Settings, runtime: Runtime) -> None:
+    async with services(runtime):
+        await _listen(settings, runtime)
+
+
+async def _listen(settings: Settings, runtime: Runtime) -> None:
     proxy_runner = web.AppRunner(
         build_proxy_app(runtime), access_log=None, shutdown_timeout=settings.grace_period
     )

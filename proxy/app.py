@@ -1,35 +1,57 @@
-"""Builds the aiohttp applications (proxy and admin): wiring only, no logic."""
+"""Builds the aiohttp applications (proxy and admin) and the process's services: wiring only."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
 
-from proxy import __version__
 from proxy.config import Settings
 from proxy.errors import E, WardenError, render_aip193
 from proxy.forward import ErrorStyle, Forwarder
-from proxy.policy import PolicyFile
+from proxy.gate import Gate
+from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from proxy.metrics import CloseCause, Metrics, ReloadResult
+from proxy.policy import PolicyError, PolicyFile
+from proxy.policy.watch import PolicyWatcher
+from proxy.sessions.base import SessionStore
+from proxy.sessions.memory import MemoryStore
 
 log = logging.getLogger("agent_warden")
+
+SWEEP_INTERVAL = 1.0
 
 
 @dataclass(slots=True)
 class Runtime:
-    """What the running process knows: settings, the current policy, its lifecycle."""
+    """What the running process knows: settings, the current policy, its services."""
 
     settings: Settings
     policy: PolicyFile
+    store: SessionStore = field(default_factory=MemoryStore)
+    metrics: Metrics = field(default_factory=Metrics)
     ready: bool = False
     draining: bool = False
     error_style: ErrorStyle = field(default_factory=ErrorStyle)
 
-    def set_policy(self, policy: PolicyFile) -> None:
+    def set_policy(self, policy: PolicyFile, sha256: str = "") -> None:
         self.policy = policy
         self.error_style = ErrorStyle(policy.errors.domain, policy.errors.a2a_spec)
+        self.metrics.set_policy(policy.source or "(built-in)", sha256)
+
+    def gate(self) -> Gate:
+        return Gate(
+            lambda: self.policy,
+            self.store,
+            self.metrics,
+            lambda: (self.error_style.domain, self.error_style.a2a_spec),
+        )
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -60,7 +82,7 @@ async def _upstream_client(app: web.Application) -> AsyncIterator[None]:
         skip_auto_headers=("User-Agent", "Content-Type"),
         cookie_jar=None,
     )
-    app[FORWARDER] = Forwarder(settings, client, lambda: runtime.error_style)
+    app[FORWARDER] = Forwarder(settings, client, lambda: runtime.error_style, runtime.gate())
     try:
         yield
     finally:
@@ -68,7 +90,7 @@ async def _upstream_client(app: web.Application) -> AsyncIterator[None]:
 
 
 def build_proxy_app(runtime: Runtime) -> web.Application:
-    app = web.Application(client_max_size=runtime.settings.max_body_size, handler_args=None)
+    app = web.Application(client_max_size=runtime.settings.max_body_size)
     app[RUNTIME] = runtime
     app.cleanup_ctx.append(_upstream_client)
 
@@ -86,9 +108,15 @@ def build_proxy_app(runtime: Runtime) -> web.Application:
     return app
 
 
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def build_admin_app(runtime: Runtime) -> web.Application:
     app = web.Application()
     app[RUNTIME] = runtime
+    live = [0.0]
+    runtime.metrics.set_live_sessions(lambda: live[0])
 
     async def livez(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -98,11 +126,41 @@ def build_admin_app(runtime: Runtime) -> web.Application:
             return web.json_response({"status": "draining"}, status=503)
         if not runtime.ready:
             return web.json_response({"status": "starting"}, status=503)
+        if not await runtime.store.healthy():
+            return web.json_response({"status": "store unavailable"}, status=503)
         return web.json_response({"status": "ready"})
 
     async def metrics(_: web.Request) -> web.Response:
-        text = f'agent_warden_build_info{{version="{__version__}"}} 1\n'
-        return web.Response(text=text, content_type="text/plain", charset="utf-8")
+        live[0] = float(await runtime.store.live_count(time.time()))
+        return web.Response(
+            body=runtime.metrics.render(),
+            headers={"Content-Type": METRICS_CONTENT_TYPE},
+        )
+
+    async def sessions(_: web.Request) -> web.Response:
+        found = await runtime.store.sessions(time.time())
+        listed = [
+            {
+                "id": s.id,
+                "agent": s.agent,
+                "protocol": s.protocol,
+                "created": _iso(s.created),
+                "last_used": _iso(s.last_used),
+                "calls_used": s.calls_used,
+            }
+            for s in sorted(found, key=lambda s: s.created)
+        ]
+        return web.json_response({"sessions": listed, "count": len(listed)})
+
+    async def close_session(request: web.Request) -> web.Response:
+        sid = request.match_info["id"]
+        if await runtime.store.close(sid, time.time()):
+            runtime.metrics.sessions_closed.inc(CloseCause.ADMIN)
+            log.info("session closed by operator", extra={"session": sid})
+            return web.Response(status=204)
+        known = await runtime.store.get(sid)
+        reason = E.SESSION_CLOSED if known is not None and known.closed else E.SESSION_NOT_FOUND
+        return _error_response(runtime, WardenError(reason, metadata={"sessionId": sid}))
 
     @web.middleware
     async def envelopes(
@@ -111,13 +169,62 @@ def build_admin_app(runtime: Runtime) -> web.Application:
     ) -> web.StreamResponse:
         try:
             return await handler(request)
-        except web.HTTPNotFound:
-            return _error_response(runtime, WardenError(E.METHOD_NOT_FOUND))
-        except web.HTTPMethodNotAllowed:
+        except (web.HTTPNotFound, web.HTTPMethodNotAllowed):
             return _error_response(runtime, WardenError(E.METHOD_NOT_FOUND))
 
     app.middlewares.append(envelopes)
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/sessions", sessions)
+    app.router.add_delete("/sessions/{id}", close_session)
     return app
+
+
+async def _sweep(runtime: Runtime) -> None:
+    while True:
+        await asyncio.sleep(SWEEP_INTERVAL)
+        try:
+            ended = await runtime.store.sweep(time.time())
+        except Exception:  # a store fault must not end the sweeper
+            log.exception("session sweep failed")
+            continue
+        if ended:
+            runtime.metrics.sessions_closed.inc(CloseCause.EXPIRED, amount=ended)
+
+
+@contextlib.asynccontextmanager
+async def services(runtime: Runtime) -> AsyncIterator[None]:
+    """The process's background work: session sweeping and policy hot reload."""
+    watcher: PolicyWatcher | None = None
+    path = runtime.settings.policy
+    if path is not None:
+        started = False
+
+        def changed(policy: PolicyFile) -> None:
+            runtime.set_policy(policy, watcher.sha256 or "" if watcher else "")
+            if started:  # the first load at start-up is not a reload
+                runtime.metrics.policy_reloads.inc(ReloadResult.SUCCESS)
+
+        def failed(_: PolicyError) -> None:
+            runtime.metrics.policy_reloads.inc(ReloadResult.FAILURE)
+
+        watcher = PolicyWatcher(path, changed, failed)
+        await watcher.start()
+        started = True
+        runtime.set_policy(runtime.policy, watcher.sha256 or "")
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            watcher.install_sighup(asyncio.get_running_loop())
+    sweeper = asyncio.create_task(_sweep(runtime))
+    try:
+        yield
+    finally:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+        if watcher is not None:
+            await watcher.stop()
+        await runtime.store.aclose()
+
+
+__all__ = ["RUNTIME", "Runtime", "build_admin_app", "build_proxy_app", "services"]

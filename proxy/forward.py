@@ -37,8 +37,9 @@ from proxy.errors import (
     render_sse_aip193,
     render_sse_jsonrpc,
 )
+from proxy.gate import Admission, Gate, Refusal
 from proxy.protocols import jsonrpc
-from proxy.protocols.classify import Binding, Classified, classify, reads_body
+from proxy.protocols.classify import Binding, Classified, Protocol, classify, reads_body
 from proxy.protocols.mcp import SESSION_HEADER
 from proxy.protocols.sse import EventSplitter, event_data
 
@@ -116,10 +117,13 @@ class Forwarder:
         settings: Settings,
         client: ClientSession,
         error_style: Callable[[], ErrorStyle],
+        gate: Gate,
     ) -> None:
         self._settings = settings
         self._client = client
         self._style = error_style
+        self._gate = gate
+        self._hint: Protocol = "unknown"  # what earlier requests revealed about the upstream
         self._base = str(settings.upstream).rstrip("/")
         self._upstream_host = settings.upstream.host or ""
 
@@ -136,11 +140,24 @@ class Forwarder:
                 body = await self._read_request(request)
             except BodyTooLarge:
                 return self._too_large(request)
-        info = classify(request.method, request.path, request.headers, body, settings.protocol)
+        info = classify(
+            request.method, request.path, request.headers, body, settings.protocol, self._hint
+        )
         if info.invalid is not None:
             err = E.PARSE_ERROR if info.invalid.parse_error else E.INVALID_REQUEST
             return self._error(info, WardenError(err))
-        return await self._forward(request, info, body)
+        if info.protocol != "unknown" and info.binding is not Binding.OPAQUE:
+            self._hint = info.protocol
+        verdict = await self._gate.admit(request.method, request.headers, info)
+        if isinstance(verdict, Refusal):
+            return self._error(info, verdict.error)
+        if verdict.forwards_nothing:
+            return _json_response(verdict.denied_errors)
+        if verdict.strip_session and request.method == "DELETE":
+            # A session the proxy issued ends here: the stateless upstream never knew it.
+            await self._gate.settle(verdict, 200, None)
+            return web.Response(status=200)
+        return await self._forward(request, info, body, verdict)
 
     async def _read_request(self, request: web.Request) -> bytes:
         limit = self._settings.max_body_size
@@ -193,11 +210,13 @@ class Forwarder:
             yield chunk
 
     async def _forward(
-        self, request: web.Request, info: Classified, body: bytes | None
+        self, request: web.Request, info: Classified, body: bytes | None, verdict: Admission
     ) -> web.StreamResponse:
         headers = self._upstream_headers(request)
+        if verdict.strip_session:
+            headers.popall(SESSION_HEADER, None)
         url = URL(self._base + request.raw_path, encoded=True)
-        data: Any = body
+        data: Any = verdict.forward_body if verdict.forward_body is not None else body
         overflow: list[bool] = []
         if body is None and request.body_exists:
             if request.content_length is not None:
@@ -219,29 +238,41 @@ class Forwarder:
                     )
                 break
             except BodyTooLarge:
+                await self._gate.settle(verdict, None, None)
                 return self._too_large(request)
             except ServerDisconnectedError as exc:
                 # A pooled keep-alive connection closed under us: retry idempotent requests once.
                 if attempt + 1 < attempts:
                     continue
+                await self._gate.settle(verdict, None, None)
                 return self._upstream_error(info, exc)
             except (ClientConnectionError, ClientResponseError, TimeoutError) as exc:
+                await self._gate.settle(verdict, None, None)
                 if overflow:
                     return self._too_large(request)
                 return self._upstream_error(info, exc)
         try:
-            return await self._respond(request, info, resp)
+            extra = await self._gate.settle(verdict, resp.status, resp.headers)
+            return await self._respond(request, info, resp, extra, verdict.denied_errors)
         finally:
             resp.release()
 
     # -- response side ------------------------------------------------------------------
 
     async def _respond(
-        self, request: web.Request, info: Classified, resp: ClientResponse
+        self,
+        request: web.Request,
+        info: Classified,
+        resp: ClientResponse,
+        extra: dict[str, str],
+        denied: list[dict[str, Any]],
     ) -> web.StreamResponse:
         status = resp.status
         headers = filter_headers(resp.headers, _RESPONSE_DROP)
+        headers.update(extra)
         streaming = resp.content_type == "text/event-stream"
+        if denied and 200 <= status < 300:
+            return await self._merge_batch(request, info, resp, headers, denied, streaming)
         if request.method == "HEAD" or status in (204, 304) or status < 200:
             return web.Response(status=status, reason=resp.reason, headers=headers)
         if status >= 400:
@@ -254,6 +285,32 @@ class Forwarder:
         if streaming:
             return await self._relay_events(request, info, resp, headers, None)
         return await self._relay(request, resp, headers)
+
+    async def _merge_batch(
+        self,
+        request: web.Request,
+        info: Classified,
+        resp: ClientResponse,
+        headers: CIMultiDict[str],
+        denied: list[dict[str, Any]],
+        streaming: bool,
+    ) -> web.StreamResponse:
+        """A batch of which some elements were denied: their errors join the upstream's answer."""
+        if streaming:
+            out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)
+            await out.prepare(request)
+            for error in denied:
+                payload = json.dumps(error, separators=(",", ":"))
+                await out.write(f"event: message\ndata: {payload}\n\n".encode())
+            pending = {i for i in info.request_ids if i not in {e["id"] for e in denied}}
+            return await self._relay_events(request, info, resp, headers, pending, out)
+        try:
+            data, whole = await self._read_bounded(resp)
+        except (ClientPayloadError, ClientConnectionError, TimeoutError) as exc:
+            return self._upstream_error(info, exc)
+        doc = _json_or_none(data) if whole and data.strip() else None
+        answered = doc if isinstance(doc, list) else [doc] if isinstance(doc, dict) else []
+        return _json_response([*answered, *denied])
 
     async def _read_bounded(self, resp: ClientResponse) -> tuple[bytes, bool]:
         """The body if it fits the inspection limit; ``(prefix, False)`` when it does not."""
@@ -382,10 +439,12 @@ class Forwarder:
         resp: ClientResponse,
         headers: CIMultiDict[str],
         pending: set[jsonrpc.JsonRpcId] | None,
+        out: web.StreamResponse | None = None,
     ) -> web.StreamResponse:
         """Relay an SSE stream event by event; a stream cut before its end gets an error event."""
-        out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)
-        await out.prepare(request)
+        if out is None:
+            out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)
+            await out.prepare(request)
         splitter = EventSplitter()
         interrupted = False
         try:
@@ -455,9 +514,18 @@ class Forwarder:
 
     def _render(self, info: Classified, err: WardenError) -> Rendered:
         style = self._style()
-        if info.binding is not Binding.JSONRPC:
-            return render_aip193(err, domain=style.domain, a2a_spec=style.a2a_spec)
         mcp = info.protocol == "mcp"
+        if info.binding is not Binding.JSONRPC:
+            if mcp:  # the MCP endpoint speaks JSON-RPC, even to GET and DELETE
+                return render_jsonrpc(
+                    err,
+                    None,
+                    domain=style.domain,
+                    a2a_spec=style.a2a_spec,
+                    mcp=True,
+                    notification=True,
+                )
+            return render_aip193(err, domain=style.domain, a2a_spec=style.a2a_spec)
         if info.invalid is not None:
             return render_jsonrpc(
                 err, info.invalid.id, domain=style.domain, a2a_spec=style.a2a_spec, mcp=mcp
@@ -481,6 +549,11 @@ class Forwarder:
 
     def _error(self, info: Classified, err: WardenError) -> web.Response:
         return _to_response(self._render(info, err))
+
+
+def _json_response(doc: Any) -> web.Response:
+    body = json.dumps(doc, separators=(",", ":")).encode()
+    return web.Response(status=200, body=body, content_type="application/json")
 
 
 def _to_response(rendered: Rendered) -> web.Response:

@@ -37,11 +37,11 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from proxy.durations import DURATION_HINT, DURATION_RE, parse_duration
+from proxy.policy.globs import glob_problem
+from proxy.policy.model import DEFAULT_POLICY_NAME, GlobSet, NamedPolicy, PolicyFile, Rules
 
 # libyaml parses about ten times faster than the pure-Python loader; same nodes and marks.
 _LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-from proxy.policy.globs import glob_problem
-from proxy.policy.model import DEFAULT_POLICY_NAME, GlobSet, NamedPolicy, PolicyFile, Rules
 
 __all__ = [
     "DOMAIN_RE",

@@ -51,11 +51,13 @@ class Classified:
 def _protocol_of_method(method: str | None) -> Protocol:
     if method is None:
         return "unknown"
-    if mcp.is_mcp_method(method):
+    is_mcp = mcp.is_mcp_method(method)
+    is_a2a = a2a.op_for_method(method) is not None
+    if is_mcp and is_a2a:  # tasks/get and tasks/cancel: MCP 2025-11-25 and A2A 0.3 alike
+        return "unknown"
+    if is_mcp:
         return "mcp"
-    if a2a.op_for_method(method) is not None:
-        return "a2a"
-    return "unknown"
+    return "a2a" if is_a2a else "unknown"
 
 
 def _protocol_of_headers(headers: Mapping[str, str]) -> Protocol:
@@ -72,8 +74,13 @@ def classify(
     headers: Mapping[str, str],
     body: bytes | None,
     forced: Literal["auto", "mcp", "a2a"] = "auto",
+    hint: Protocol = "unknown",
 ) -> Classified:
-    """Classify one request; ``headers`` must be case-insensitive (a CIMultiDict)."""
+    """Classify one request; ``headers`` must be case-insensitive (a CIMultiDict).
+
+    ``hint`` is what earlier requests revealed about the upstream; it settles
+    method names that both protocols use.
+    """
     if forced != "mcp":
         rest = a2a.classify_rest(method, path)
         if rest is not None:
@@ -91,6 +98,8 @@ def classify(
             protocol = _protocol_of_method(parsed.first_method)
             if protocol == "unknown":
                 protocol = _protocol_of_headers(headers)
+            if protocol == "unknown":
+                protocol = hint
         return Classified(protocol, Binding.JSONRPC, body=parsed)
     if forced != "auto":
         return Classified(forced, Binding.OPAQUE)

@@ -39,6 +39,7 @@ class Message:
     id: JsonRpcId
     has_id: bool
     params: Any
+    raw: dict[str, Any]  # the element as parsed, to forward a filtered batch
 
     @property
     def is_request(self) -> bool:
@@ -95,13 +96,13 @@ def _message(obj: Any) -> Message | Invalid:
     if method is _NO_ID:
         if ("result" in obj) == ("error" in obj) or not has_id:
             return Invalid(False, msg_id, "neither a request nor a response")
-        return Message(None, msg_id, True, None)
+        return Message(None, msg_id, True, None, obj)
     if not isinstance(method, str):
         return Invalid(False, msg_id, "method must be a string")
     params = obj.get("params")
     if params is not None and not isinstance(params, dict | list):
         return Invalid(False, msg_id, "params must be an object or an array")
-    return Message(method, msg_id, has_id, params)
+    return Message(method, msg_id, has_id, params, obj)
 
 
 def parse(body: bytes) -> Body | Invalid:

@@ -158,7 +158,7 @@ async def test_sigterm_drains_in_flight_requests_then_exits_zero(
     proxy = await asyncio.to_thread(run_proxy, upstream, "--grace-period", "20s")
 
     async with ClientSession() as session:
-        body = {"jsonrpc": "2.0", "id": 11, "method": "tools/call", "params": {"name": "x"}}
+        body = {"jsonrpc": "2.0", "id": 11, "method": "work/slow", "params": {}}
         in_flight = asyncio.ensure_future(session.post(f"{proxy.url}/mcp", json=body))
         await asyncio.wait_for(arrived.wait(), 10)
         proxy.proc.send_signal(signal.SIGTERM)

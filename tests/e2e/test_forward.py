@@ -1,4 +1,8 @@
-"""The forwarder against a hand-written upstream: fidelity, streaming, headers, failures."""
+"""The forwarder against a hand-written upstream: fidelity, streaming, headers, failures.
+
+Requests use JSON-RPC methods of neither MCP nor A2A unless a test is about one of them:
+MCP messages need a session, which the session-policy tests cover.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from tests.upstreams.broken import FAITHFUL_JSONRPC, SSE_FIRST, Broken
 JSON = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
 
 
-def rpc(method: str = "tools/call", rid: Any = 1, **params: Any) -> bytes:
+def rpc(method: str = "demo/call", rid: Any = 1, **params: Any) -> bytes:
     doc: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "params": params or {"name": "x"}}
     if rid is not ...:
         doc["id"] = rid
@@ -127,6 +131,10 @@ async def test_opaque_body_cut_is_a_cut_connection(proxy: str, http: ClientSessi
 async def test_hop_by_hop_dropped_both_ways_and_forwarding_headers_set(
     proxy: str, http: ClientSession, broken: Broken
 ) -> None:
+    init = rpc("initialize", rid=1, protocolVersion="2025-06-18", capabilities={})
+    owner = {**JSON, "X-Agent-Id": "agent-1"}
+    async with http.post(f"{proxy}/session-init", data=init, headers=owner) as resp:
+        assert resp.status == 200
     sent = {
         "Connection": "keep-alive, X-Private",
         "X-Private": "secret",
@@ -134,7 +142,7 @@ async def test_hop_by_hop_dropped_both_ways_and_forwarding_headers_set(
         "TE": "trailers",
         "Proxy-Authorization": "Basic eDp5",
         "Upgrade": "h2c",
-        "Mcp-Session-Id": "s-1",
+        "Mcp-Session-Id": "up-1",
         "MCP-Protocol-Version": "2025-06-18",
         "Last-Event-ID": "ev-4",
         "A2A-Version": "1.0",
@@ -187,7 +195,7 @@ async def test_malformed_json_is_a_parse_error(proxy: str, http: ClientSession) 
 
 
 async def test_duplicate_keys_are_refused(proxy: str, http: ClientSession, broken: Broken) -> None:
-    body = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","method":"tools/list"}'
+    body = b'{"jsonrpc":"2.0","id":1,"method":"demo/call","method":"demo/list"}'
     async with http.post(f"{proxy}/echo", data=body, headers=JSON) as resp:
         doc = await resp.json()
     assert doc["error"]["code"] == -32600
@@ -218,9 +226,9 @@ async def test_body_over_limit_gets_an_envelope(
 
 async def test_batch_elements_pass_and_ids_echo(proxy: str, http: ClientSession) -> None:
     batch = [
-        {"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
-        {"jsonrpc": "2.0", "method": "notifications/initialized"},
-        {"jsonrpc": "2.0", "id": "two", "method": "ping"},
+        {"jsonrpc": "2.0", "id": 1, "method": "demo/list"},
+        {"jsonrpc": "2.0", "method": "demo/notify"},
+        {"jsonrpc": "2.0", "id": "two", "method": "demo/ping"},
     ]
     async with http.post(f"{proxy}/echo", data=json.dumps(batch), headers=JSON) as resp:
         assert resp.status == 200
@@ -323,8 +331,14 @@ async def test_auth_challenge_survives_the_rewrite(proxy: str, http: ClientSessi
 
 
 async def test_mcp_404_with_session_means_session_gone(proxy: str, http: ClientSession) -> None:
-    headers = {**JSON, "Mcp-Session-Id": "abc"}
-    async with http.post(f"{proxy}/gone", data=rpc(rid=2), headers=headers) as resp:
+    init = rpc("initialize", rid=1, protocolVersion="2025-06-18", capabilities={})
+    async with http.post(f"{proxy}/session-init", data=init, headers=JSON) as resp:
+        assert resp.status == 200
+        sid = resp.headers["Mcp-Session-Id"]
+    assert sid == "up-1"  # the upstream's own id: the proxy bound its session to it
+    headers = {**JSON, "Mcp-Session-Id": sid}
+    body = rpc("tools/call", rid=2, name="echo", arguments={})
+    async with http.post(f"{proxy}/gone", data=body, headers=headers) as resp:
         assert resp.status == 404
         doc = await resp.json()
     assert doc["error"]["code"] == -32005
@@ -332,7 +346,7 @@ async def test_mcp_404_with_session_means_session_gone(proxy: str, http: ClientS
 
 
 async def test_notification_failure_uses_http_status(proxy: str, http: ClientSession) -> None:
-    body = rpc("notifications/initialized", rid=...)
+    body = rpc("demo/notify", rid=...)
     async with http.post(f"{proxy}/text503", data=body, headers=JSON) as resp:
         assert resp.status == 503
         doc = await resp.json()

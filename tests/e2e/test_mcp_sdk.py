@@ -214,7 +214,13 @@ async def test_stateless_upstream_never_receives_a_session_id(stateless: Target)
     got = stateless.requests(observed.marker)
     assert len(got) >= 3
     assert [r.headers.get("mcp-session-id") for r in got] == [None] * len(got)
-    assert all(r.response_headers.get("content-type") == "application/json" for r in got)
+    # The proxy issued the client a session id, so the client also opens a GET stream,
+    # which the stateless upstream refuses; every POST is answered in JSON mode.
+    posts = [r for r in got if r.method == "POST"]
+    assert len(posts) >= 3
+    assert all(r.response_headers.get("content-type") == "application/json" for r in posts)
+    assert observed.session_ids()
+    assert all(s.startswith("awp-") for s in observed.session_ids())
 
 
 def sse_messages(body: str) -> list[dict[str, Any]]:

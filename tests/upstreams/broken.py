@@ -51,6 +51,7 @@ class Broken:
         app.router.add_route("*", "/gone", self.gone)
         app.router.add_route("*", "/hop", self.hop)
         app.router.add_route("*", "/accepted", self.accepted)
+        app.router.add_post("/session-init", self.session_init)
         return app
 
     async def echo(self, request: web.Request) -> web.Response:
@@ -200,3 +201,9 @@ class Broken:
     async def accepted(self, request: web.Request) -> web.Response:
         await request.read()
         return web.Response(status=202)
+
+    async def session_init(self, request: web.Request) -> web.Response:
+        body = json.loads(await request.read())
+        result = {"protocolVersion": "2025-06-18", "capabilities": {}, "serverInfo": {}}
+        doc = {"jsonrpc": "2.0", "id": body["id"], "result": result}
+        return web.json_response(doc, headers={"Mcp-Session-Id": "up-1"})

@@ -1,0 +1,69 @@
+"""Pure decisions: who is calling, and what each element of a request may do."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import lru_cache
+
+from proxy.errors import E
+from proxy.policy.model import Identity, Rules
+from proxy.protocols import a2a, mcp
+from proxy.protocols.jsonrpc import Body
+from proxy.sessions.base import Call, Limits
+
+ANONYMOUS = "anonymous"
+
+
+def identify(headers: Mapping[str, str], identity: Identity) -> str | None:
+    """The calling agent's id; None when the header is required and missing."""
+    value = headers.get(identity.header, "").strip()
+    if value:
+        return value
+    return None if identity.required else ANONYMOUS
+
+
+def method_allowed(rules: Rules, method: str) -> bool:
+    """Either generation's name of an A2A operation matches the policy's method globs."""
+    op = a2a.op_for_method(method)
+    if op is None:
+        return rules.methods.allows(method)
+    return any(rules.methods.allows(name) for name in a2a.method_names(op))
+
+
+def authorize(rules: Rules, method: str, params: object) -> tuple[E | None, str | None]:
+    """Method, then tool authorization; returns (denial, tool name)."""
+    if not method_allowed(rules, method):
+        return E.METHOD_NOT_AUTHORIZED, None
+    if method == mcp.TOOLS_CALL:
+        tool = mcp.tool_name(method, params)
+        if not rules.tools.allows(tool or ""):
+            return E.TOOL_NOT_AUTHORIZED, tool
+        return None, tool
+    return None, None
+
+
+def calls_for(body: Body, rules: Rules) -> tuple[Call, ...]:
+    """One ``Call`` per element: counted or not, its tool, its authorization verdict."""
+    calls: list[Call] = []
+    for message in body.messages:
+        method = message.method
+        if method is None:  # a response the client sends back: never counted, never denied
+            calls.append(Call(counted=False))
+            continue
+        denied, tool = authorize(rules, method, message.params)
+        counted = message.has_id and method not in mcp.UNCOUNTED_METHODS
+        calls.append(Call(counted=counted, tool=tool, denied=denied))
+    return tuple(calls)
+
+
+@lru_cache(maxsize=256)
+def limits_for(rules: Rules) -> Limits:
+    """The store's view of a policy's limits (cached: rules are immutable values)."""
+    return Limits(
+        ttl=rules.session.ttl,
+        idle_timeout=rules.session.idle_timeout,
+        max_per_agent=rules.session.max_per_agent,
+        calls=rules.budget.calls,
+        tool_calls=rules.budget.tools,
+        per_minute=rules.rate_limit.per_minute,
+    )

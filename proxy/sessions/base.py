@@ -1,0 +1,169 @@
+"""Session state behind one small async interface: every decision is one atomic operation.
+
+The store knows nothing of HTTP, YAML or the protocols. The gate computes what is pure
+(identity, policy resolution, tool and method authorization) and hands the store the
+rest, which must be decided and counted atomically: existence, owner, closed, expiry,
+budgets, rate limit and the per-agent cap. A Redis store implements the same interface
+with one Lua script per call.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Protocol
+
+from proxy.errors import E
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The limits of one decision, taken from the policy current at decision time."""
+
+    ttl: float = 3600.0
+    idle_timeout: float = 900.0
+    max_per_agent: int = 10
+    calls: int = 1000
+    tool_calls: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    per_minute: int = 600
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One element of a request (a batch has several), as the store must judge it.
+
+    ``denied`` carries the pure authorization verdict (TOOL_NOT_AUTHORIZED or
+    METHOD_NOT_AUTHORIZED) so the store can apply it at its place in the reference order:
+    budget, then authorization, then rate limit.
+    """
+
+    counted: bool
+    tool: str | None = None
+    denied: E | None = None
+
+
+class LimitKind(enum.Enum):
+    """Which limit a denial hit: for the operator's log line, never for the client."""
+
+    CALLS = "calls"
+    TOOL_CALLS = "tool_calls"
+    RATE = "per_minute"
+    CAP = "max_per_agent"
+    TTL = "ttl"
+    IDLE = "idle_timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    reason: E
+    limit: LimitKind | None = None
+    limit_value: float | None = None
+    used: float | None = None
+    retry_after: float | None = None  # seconds; set for SESSION_RATE_LIMITED
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The verdict on a request against an existing session.
+
+    ``session`` is set when the whole request is refused at the session level (not found,
+    agent mismatch, closed, expired); otherwise ``calls`` holds one entry per element,
+    ``None`` meaning allowed (and counted when counted).
+    """
+
+    session: Denial | None = None
+    calls: tuple[Denial | None, ...] = ()
+
+    @property
+    def allowed(self) -> bool:
+        return self.session is None and all(c is None for c in self.calls)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """What ``GET /sessions`` shows of one session."""
+
+    id: str
+    agent: str
+    protocol: str
+    created: float  # unix seconds
+    last_used: float
+    calls_used: int
+    closed: bool = False
+    proxy_issued: bool = False
+
+
+class SessionStore(Protocol):
+    """Session state and counters. ``now`` is unix time in seconds, passed in for testing."""
+
+    async def reserve(self, agent: str, limits: Limits, now: float) -> str | Denial:
+        """Hold one of the agent's ``max_per_agent`` places before a session is born.
+
+        Returns a reservation token, or a TOO_MANY_SESSIONS denial. The place is freed
+        by ``bind`` (it becomes the session) or ``release``; an unbound reservation
+        lapses by itself after a short while (the store's choice, about a minute).
+        """
+        ...
+
+    async def bind(
+        self,
+        reservation: str,
+        session_id: str,
+        agent: str,
+        protocol: str,
+        limits: Limits,
+        now: float,
+        *,
+        proxy_issued: bool = False,
+        counted: int = 0,
+    ) -> None:
+        """Turn a reservation into a live session; ``counted`` calls are charged at birth."""
+        ...
+
+    async def release(self, reservation: str) -> None:
+        """Free a reservation that will not become a session (the upstream refused)."""
+        ...
+
+    async def check(
+        self,
+        session_id: str,
+        agent: str,
+        calls: Sequence[Call],
+        limits: Limits,
+        now: float,
+    ) -> Outcome:
+        """Decide and count one request, atomically, in the reference order.
+
+        Session level, for the whole request: exists, agent matches, not closed, not
+        expired. Then for each call in order: budget (session calls, then the tool's
+        budget), authorization (``call.denied``), rate limit; an allowed counted call is
+        counted at once, so a later element of the same batch sees it. A denied call is
+        not counted. Any request that passes the session level refreshes ``last_used``.
+        """
+        ...
+
+    async def close(self, session_id: str, now: float) -> bool:
+        """Close a live session; later requests get SESSION_CLOSED. False if unknown."""
+        ...
+
+    async def get(self, session_id: str) -> SessionInfo | None: ...
+
+    async def sessions(self, now: float) -> list[SessionInfo]:
+        """Live sessions (not closed, not expired)."""
+        ...
+
+    async def live_count(self, now: float) -> int: ...
+
+    async def sweep(self, now: float) -> int:
+        """Forget what has expired; returns how many sessions ended. Called periodically."""
+        ...
+
+    async def healthy(self) -> bool: ...
+
+    async def aclose(self) -> None: ...
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached or timed out; the gate answers POLICY_STORE_UNAVAILABLE."""

@@ -1,0 +1,391 @@
+"""The in-memory session store: one process, one event loop, O(1) per decision."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from proxy.errors import E
+from proxy.sessions.base import Call, Denial, LimitKind, Limits, Outcome, SessionInfo
+
+if TYPE_CHECKING:
+    from proxy.sessions.base import SessionStore
+
+RESERVATION_TTL = 60.0  # seconds an unbound reservation holds its place in the cap
+TOMBSTONES = 100_000  # ended sessions remembered, oldest forgotten first
+TOMBSTONE_TTL = 3600.0  # seconds an ended session is remembered at most
+
+# Float slack: 0.1 s at 10 tokens/s must refill one whole token, not 0.9999999.
+_EPSILON = 1e-9
+
+# Verdicts that carry nothing of the session are shared, never rebuilt.
+_NOT_FOUND = Outcome(session=Denial(E.SESSION_NOT_FOUND))
+_MISMATCH = Outcome(session=Denial(E.AGENT_MISMATCH))
+_CLOSED = Outcome(session=Denial(E.SESSION_CLOSED))
+_EXPIRED = Outcome(session=Denial(E.SESSION_EXPIRED))
+_NO_CALLS = Outcome()
+_ONE_ALLOWED = Outcome(calls=(None,))
+_PLAIN = {reason: Denial(reason) for reason in E}
+
+
+class _Session:
+    """One session. Slotted: a dict per session would cost more than the whole record."""
+
+    __slots__ = (
+        "agent",
+        "created",
+        "due",
+        "ended",
+        "ended_at",
+        "id",
+        "last_used",
+        "limits",
+        "protocol",
+        "proxy_issued",
+        "stamp",
+        "tokens",
+        "tools",
+        "used",
+    )
+
+    def __init__(
+        self,
+        session_id: str,
+        agent: str,
+        protocol: str,
+        limits: Limits,
+        now: float,
+        proxy_issued: bool,
+        counted: int,
+    ) -> None:
+        self.id = session_id
+        self.agent = agent
+        self.protocol = protocol
+        self.created = now
+        self.last_used = now
+        self.used = counted
+        self.tools: dict[str, int] | None = None  # counts of budgeted tools only
+        self.tokens = float(limits.per_minute - counted)
+        self.stamp = now  # when the bucket was last refilled
+        self.limits = limits  # the last limits seen: sweep has no other
+        self.due = now  # the deadline of this session's current heap entry
+        self.ended: E | None = None  # SESSION_CLOSED or SESSION_EXPIRED once a tombstone
+        self.ended_at = now
+        self.proxy_issued = proxy_issued
+
+    def info(self) -> SessionInfo:
+        return SessionInfo(
+            id=self.id,
+            agent=self.agent,
+            protocol=self.protocol,
+            created=self.created,
+            last_used=self.last_used,
+            calls_used=self.used,
+            closed=self.ended is E.SESSION_CLOSED,
+            proxy_issued=self.proxy_issued,
+        )
+
+
+class _Agent:
+    """What counts against one agent's cap: its live sessions and pending reservations."""
+
+    __slots__ = ("name", "pending", "sessions")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sessions: set[_Session] = set()
+        self.pending: dict[str, float] = {}  # reservation token -> when it lapses
+
+
+def _expiry(s: _Session, limits: Limits, now: float) -> Denial | None:
+    age = now - s.created
+    if age >= limits.ttl:
+        return Denial(E.SESSION_EXPIRED, LimitKind.TTL, limits.ttl, age)
+    idle = now - s.last_used
+    if idle >= limits.idle_timeout:
+        return Denial(E.SESSION_EXPIRED, LimitKind.IDLE, limits.idle_timeout, idle)
+    return None
+
+
+def _deadline(s: _Session, limits: Limits) -> float:
+    return min(s.created + limits.ttl, s.last_used + limits.idle_timeout)
+
+
+def _refill(s: _Session, per_minute: int, now: float) -> float:
+    tokens = s.tokens
+    if now > s.stamp:
+        tokens += (now - s.stamp) * per_minute / 60.0
+        s.stamp = now
+    return per_minute if tokens > per_minute else tokens
+
+
+class MemoryStore:
+    """Sessions and counters in this process's memory.
+
+    Atomic by construction: the store runs on the single event loop and no method awaits
+    between reading a counter and writing it, so a decision and its count happen with no
+    other coroutine in between (40 concurrent checks against a budget of 10 let exactly
+    10 through). Never call it from another thread.
+
+    Costs: a check is O(1) per call element; ``reserve`` prunes the agent's own sessions
+    and reservations, O(cap). A session is a slotted record (well under 1 KB). Expiry is
+    judged by the limits passed to each call, so the current policy decides; ``sweep``
+    has no limits, so it uses the last ones each session was judged by, and finds what
+    is due with a heap of deadlines (an idle deadline moves later with use: a popped
+    entry that is not yet due is pushed back at its new deadline). An ended session
+    leaves a tombstone, so later requests get SESSION_CLOSED or SESSION_EXPIRED (and
+    AGENT_MISMATCH for another agent) rather than SESSION_NOT_FOUND; tombstones are
+    bounded in number and dropped by ``sweep`` after an hour.
+
+    The cap counts an agent's live sessions plus its pending reservations. Closing frees
+    a place at once; expiry frees it at the agent's next ``reserve`` or at ``sweep``; a
+    reservation never bound nor released lapses after a minute. Binding an id that
+    already exists keeps the existing session (a race adopted it first): the reservation
+    is freed and, for the same agent, the ``counted`` calls are charged to it. A closed
+    or expired id is never reborn while its tombstone lasts.
+    """
+
+    def __init__(
+        self,
+        *,
+        reservation_ttl: float = RESERVATION_TTL,
+        tombstones: int = TOMBSTONES,
+        tombstone_ttl: float = TOMBSTONE_TTL,
+    ) -> None:
+        self._reservation_ttl = reservation_ttl
+        self._tombstone_cap = tombstones
+        self._tombstone_ttl = tombstone_ttl
+        self._live: dict[str, _Session] = {}
+        self._ended: OrderedDict[str, _Session] = OrderedDict()  # in the order they ended
+        self._agents: dict[str, _Agent] = {}  # only agents holding a session or reservation
+        self._pending: OrderedDict[str, _Agent] = OrderedDict()  # in the order they lapse
+        self._heap: list[tuple[float, str]] = []  # (deadline, session id)
+        self._serial = itertools.count(1)
+
+    # --- the cap ------------------------------------------------------------------------
+
+    async def reserve(self, agent: str, limits: Limits, now: float) -> str | Denial:
+        record = self._agents.get(agent)
+        if record is not None:
+            self._prune(record, limits, now)
+            record = self._agents.get(agent)  # pruning drops a record left empty
+        if record is None:
+            record = self._agents[agent] = _Agent(agent)
+        held = len(record.sessions) + len(record.pending)
+        if held >= limits.max_per_agent:
+            return Denial(E.TOO_MANY_SESSIONS, LimitKind.CAP, limits.max_per_agent, held)
+        token = f"r{next(self._serial)}"
+        record.pending[token] = now + self._reservation_ttl
+        self._pending[token] = record
+        return token
+
+    async def bind(
+        self,
+        reservation: str,
+        session_id: str,
+        agent: str,
+        protocol: str,
+        limits: Limits,
+        now: float,
+        *,
+        proxy_issued: bool = False,
+        counted: int = 0,
+    ) -> None:
+        self._unreserve(reservation)
+        known = self._live.get(session_id)
+        if known is not None:
+            if known.agent == agent:
+                known.last_used = max(known.last_used, now)
+                known.tokens = _refill(known, limits.per_minute, now) - counted
+                known.used += counted
+            return
+        if session_id in self._ended:
+            return
+        s = _Session(session_id, agent, protocol, limits, now, proxy_issued, counted)
+        self._live[session_id] = s
+        record = self._agents.get(agent)
+        if record is None:
+            record = self._agents[agent] = _Agent(agent)
+        record.sessions.add(s)
+        self._push(s, _deadline(s, limits))
+
+    async def release(self, reservation: str) -> None:
+        self._unreserve(reservation)
+
+    # --- decisions ----------------------------------------------------------------------
+
+    async def check(
+        self,
+        session_id: str,
+        agent: str,
+        calls: Sequence[Call],
+        limits: Limits,
+        now: float,
+    ) -> Outcome:
+        s = self._live.get(session_id)
+        if s is None:
+            gone = self._ended.get(session_id)
+            if gone is None:
+                return _NOT_FOUND
+            if gone.agent != agent:
+                return _MISMATCH
+            return _CLOSED if gone.ended is E.SESSION_CLOSED else _EXPIRED
+        if s.agent != agent:
+            return _MISMATCH
+        expired = _expiry(s, limits, now)
+        if expired is not None:
+            self._end(s, E.SESSION_EXPIRED, now)
+            return Outcome(session=expired)
+        if now > s.last_used:
+            s.last_used = now
+        if limits is not s.limits:
+            self._adopt(s, limits)
+        if len(calls) == 1:
+            verdict = self._decide(s, calls[0], limits, now)
+            return _ONE_ALLOWED if verdict is None else Outcome(calls=(verdict,))
+        if not calls:
+            return _NO_CALLS
+        return Outcome(calls=tuple([self._decide(s, call, limits, now) for call in calls]))
+
+    def _decide(self, s: _Session, call: Call, limits: Limits, now: float) -> Denial | None:
+        """One element in the reference order: budget, tool budget, authorization, rate."""
+        if not call.counted:
+            return None if call.denied is None else _PLAIN[call.denied]
+        if s.used >= limits.calls:
+            return Denial(E.SESSION_BUDGET_EXCEEDED, LimitKind.CALLS, limits.calls, s.used)
+        budgeted: str | None = None
+        spent = 0
+        if call.tool is not None and limits.tool_calls:
+            budget = limits.tool_calls.get(call.tool)
+            if budget is not None:
+                budgeted = call.tool
+                spent = s.tools.get(budgeted, 0) if s.tools is not None else 0
+                if spent >= budget:
+                    return Denial(E.SESSION_BUDGET_EXCEEDED, LimitKind.TOOL_CALLS, budget, spent)
+        if call.denied is not None:
+            return _PLAIN[call.denied]
+        per_minute = limits.per_minute
+        tokens = _refill(s, per_minute, now)
+        if tokens < 1.0 - _EPSILON:
+            s.tokens = tokens
+            wait = (1.0 - tokens) * 60.0 / per_minute
+            return Denial(
+                E.SESSION_RATE_LIMITED, LimitKind.RATE, per_minute, per_minute - tokens, wait
+            )
+        s.tokens = tokens - 1.0
+        s.used += 1
+        if budgeted is not None:
+            if s.tools is None:
+                s.tools = {}
+            s.tools[budgeted] = spent + 1
+        return None
+
+    async def close(self, session_id: str, now: float) -> bool:
+        s = self._live.get(session_id)
+        if s is None:
+            return False
+        if _deadline(s, s.limits) <= now:
+            self._end(s, E.SESSION_EXPIRED, now)
+            return False
+        self._end(s, E.SESSION_CLOSED, now)
+        return True
+
+    # --- views --------------------------------------------------------------------------
+
+    async def get(self, session_id: str) -> SessionInfo | None:
+        s = self._live.get(session_id) or self._ended.get(session_id)
+        return None if s is None else s.info()
+
+    async def sessions(self, now: float) -> list[SessionInfo]:
+        return [s.info() for s in self._live.values() if _deadline(s, s.limits) > now]
+
+    async def live_count(self, now: float) -> int:
+        """Exact by the limits each session was last judged by: what is due ends first."""
+        self._expire_due(now)
+        return len(self._live)
+
+    # --- housekeeping -------------------------------------------------------------------
+
+    async def sweep(self, now: float) -> int:
+        ended = self._expire_due(now)
+        while self._pending:
+            token, record = next(iter(self._pending.items()))
+            if record.pending[token] > now:
+                break
+            self._unreserve(token)
+        horizon = now - self._tombstone_ttl
+        while self._ended and next(iter(self._ended.values())).ended_at <= horizon:
+            self._ended.popitem(last=False)
+        return ended
+
+    async def healthy(self) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        return None
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _push(self, s: _Session, deadline: float) -> None:
+        s.due = deadline
+        heapq.heappush(self._heap, (deadline, s.id))
+
+    def _adopt(self, s: _Session, limits: Limits) -> None:
+        """New limits for this session (a policy reload): a shorter life needs an earlier entry."""
+        s.limits = limits
+        deadline = _deadline(s, limits)
+        if deadline < s.due:
+            self._push(s, deadline)
+
+    def _expire_due(self, now: float) -> int:
+        heap = self._heap
+        ended = 0
+        while heap and heap[0][0] <= now:
+            due, session_id = heapq.heappop(heap)
+            s = self._live.get(session_id)
+            # Identity, not equality: only the entry pushed last for this session counts.
+            if s is None or s.due is not due:
+                continue
+            deadline = _deadline(s, s.limits)
+            if deadline <= now:
+                self._end(s, E.SESSION_EXPIRED, now)
+                ended += 1
+            else:
+                self._push(s, deadline)
+        return ended
+
+    def _prune(self, record: _Agent, limits: Limits, now: float) -> None:
+        """Expire the agent's sessions by the current limits and drop its lapsed reservations."""
+        for s in [s for s in record.sessions if _expiry(s, limits, now) is not None]:
+            self._end(s, E.SESSION_EXPIRED, now)
+        for token in [t for t, lapse in record.pending.items() if lapse <= now]:
+            self._unreserve(token)
+
+    def _unreserve(self, token: str) -> None:
+        record = self._pending.pop(token, None)
+        if record is not None:
+            del record.pending[token]
+            self._drop_if_empty(record)
+
+    def _end(self, s: _Session, reason: E, now: float) -> None:
+        del self._live[s.id]
+        record = self._agents[s.agent]
+        record.sessions.discard(s)
+        self._drop_if_empty(record)
+        s.ended = reason
+        s.ended_at = now
+        s.tools = None
+        self._ended[s.id] = s
+        if len(self._ended) > self._tombstone_cap:
+            self._ended.popitem(last=False)
+
+    def _drop_if_empty(self, record: _Agent) -> None:
+        if not record.sessions and not record.pending:
+            del self._agents[record.name]
+
+
+if TYPE_CHECKING:
+    _implements: SessionStore = MemoryStore()  # mypy proves the protocol is met

@@ -1,0 +1,573 @@
+"""The decision suite every session store must pass, whatever keeps its state.
+
+A test module runs it with ``from tests.unit.store_contract import *``: the ``store``
+fixture is parametrized over ``STORES``, so a new implementation is one more entry there.
+Time is only ever the ``now`` passed in, counted from a real recent instant so that a
+store keeping keys with server-side expiry sees sensible deadlines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from proxy.errors import E
+from proxy.sessions.base import Call, Denial, LimitKind, Limits, SessionStore
+from proxy.sessions.memory import MemoryStore
+
+StoreFactory = Callable[[pytest.FixtureRequest], Awaitable[SessionStore]]
+
+
+async def _memory(request: pytest.FixtureRequest) -> SessionStore:
+    return MemoryStore()
+
+
+STORES: dict[str, StoreFactory] = {
+    "memory": _memory,
+}
+
+
+@pytest.fixture(params=sorted(STORES))
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[SessionStore]:
+    made = await STORES[request.param](request)
+    try:
+        yield made
+    finally:
+        await made.aclose()
+
+
+T0 = float(int(time.time()))
+LIMITS = Limits()
+CALL = Call(counted=True)
+PING = Call(counted=False)
+
+
+def tool(name: str, denied: E | None = None) -> Call:
+    return Call(counted=True, tool=name, denied=denied)
+
+
+async def open_session(
+    store: SessionStore,
+    session_id: str = "s1",
+    agent: str = "alice",
+    limits: Limits = LIMITS,
+    now: float = T0,
+    *,
+    counted: int = 0,
+    protocol: str = "mcp",
+) -> None:
+    token = await store.reserve(agent, limits, now)
+    assert isinstance(token, str), token
+    await store.bind(token, session_id, agent, protocol, limits, now, counted=counted)
+
+
+async def session_reason(
+    store: SessionStore,
+    session_id: str = "s1",
+    agent: str = "alice",
+    limits: Limits = LIMITS,
+    now: float = T0,
+) -> E | None:
+    """The session-level verdict of an empty request (None: the session is usable)."""
+    outcome = await store.check(session_id, agent, [], limits, now)
+    return None if outcome.session is None else outcome.session.reason
+
+
+async def verdicts(
+    store: SessionStore,
+    calls: list[Call],
+    limits: Limits = LIMITS,
+    now: float = T0,
+    session_id: str = "s1",
+    agent: str = "alice",
+) -> list[E | None]:
+    """The reason of each element (None: allowed); the session level must pass."""
+    outcome = await store.check(session_id, agent, calls, limits, now)
+    assert outcome.session is None, outcome.session
+    return [None if d is None else d.reason for d in outcome.calls]
+
+
+async def spend(store: SessionStore, n: int, limits: Limits = LIMITS, now: float = T0) -> None:
+    for _ in range(n):
+        assert await verdicts(store, [CALL], limits, now) == [None]
+
+
+async def calls_used(store: SessionStore, session_id: str = "s1") -> int:
+    info = await store.get(session_id)
+    assert info is not None
+    return info.calls_used
+
+
+# --- session level ------------------------------------------------------------------------
+
+
+async def test_unknown_session_is_not_found(store: SessionStore) -> None:
+    outcome = await store.check("nope", "alice", [CALL], LIMITS, T0)
+    assert outcome.session == Denial(E.SESSION_NOT_FOUND)
+    assert outcome.calls == ()
+    assert not outcome.allowed
+    assert await store.get("nope") is None
+
+
+async def test_a_fresh_session_allows_and_counts(store: SessionStore) -> None:
+    await open_session(store)
+    outcome = await store.check("s1", "alice", [CALL], LIMITS, T0 + 1)
+    assert outcome.allowed
+    assert outcome.calls == (None,)
+    assert await calls_used(store) == 1
+
+
+async def test_another_agent_gets_agent_mismatch_and_spends_nothing(store: SessionStore) -> None:
+    await open_session(store)
+    outcome = await store.check("s1", "mallory", [CALL], LIMITS, T0)
+    assert outcome.session is not None
+    assert outcome.session.reason is E.AGENT_MISMATCH
+    assert await calls_used(store) == 0
+
+
+async def test_closed_session_is_closed_for_its_agent_and_a_mismatch_for_others(
+    store: SessionStore,
+) -> None:
+    await open_session(store)
+    assert await store.close("s1", T0 + 1)
+    assert await session_reason(store, now=T0 + 2) is E.SESSION_CLOSED
+    assert await session_reason(store, agent="mallory", now=T0 + 2) is E.AGENT_MISMATCH
+    info = await store.get("s1")
+    assert info is not None
+    assert info.closed
+
+
+async def test_close_is_false_for_unknown_and_already_closed(store: SessionStore) -> None:
+    assert not await store.close("nope", T0)
+    await open_session(store)
+    assert await store.close("s1", T0)
+    assert not await store.close("s1", T0)
+
+
+async def test_expired_by_ttl(store: SessionStore) -> None:
+    limits = Limits(ttl=60.0, idle_timeout=3600.0)
+    await open_session(store, limits=limits)
+    for t in (10.0, 30.0, 59.0):
+        assert await verdicts(store, [CALL], limits, T0 + t) == [None]
+    outcome = await store.check("s1", "alice", [CALL], limits, T0 + 60.0)
+    assert outcome.session is not None
+    assert outcome.session.reason is E.SESSION_EXPIRED
+    assert outcome.session.limit is LimitKind.TTL
+    assert outcome.session.limit_value == 60.0
+    assert outcome.session.used == pytest.approx(60.0)
+    assert await calls_used(store) == 3
+
+
+async def test_expired_by_idle_and_use_keeps_it_alive(store: SessionStore) -> None:
+    limits = Limits(ttl=3600.0, idle_timeout=30.0)
+    await open_session(store, limits=limits)
+    for t in (29.0, 58.0, 87.0):  # each request moves the idle deadline
+        assert await session_reason(store, limits=limits, now=T0 + t) is None
+    outcome = await store.check("s1", "alice", [CALL], limits, T0 + 117.0)
+    assert outcome.session is not None
+    assert outcome.session.reason is E.SESSION_EXPIRED
+    assert outcome.session.limit is LimitKind.IDLE
+    assert outcome.session.limit_value == 30.0
+    assert outcome.session.used == pytest.approx(30.0)
+
+
+async def test_expired_stays_expired_even_under_longer_limits(store: SessionStore) -> None:
+    short = Limits(ttl=10.0)
+    await open_session(store, limits=short)
+    assert await session_reason(store, limits=short, now=T0 + 10) is E.SESSION_EXPIRED
+    assert await session_reason(store, now=T0 + 11) is E.SESSION_EXPIRED
+    assert await session_reason(store, agent="mallory", now=T0 + 11) is E.AGENT_MISMATCH
+
+
+async def test_expired_after_sweep_is_still_expired(store: SessionStore) -> None:
+    limits = Limits(ttl=10.0)
+    await open_session(store, limits=limits)
+    await store.sweep(T0 + 20)
+    assert await session_reason(store, limits=limits, now=T0 + 21) is E.SESSION_EXPIRED
+
+
+async def test_closed_after_sweep_is_still_closed(store: SessionStore) -> None:
+    await open_session(store)
+    await store.close("s1", T0)
+    await store.sweep(T0 + 1)
+    assert await session_reason(store, now=T0 + 2) is E.SESSION_CLOSED
+
+
+async def test_a_fully_denied_request_still_refreshes_last_used(store: SessionStore) -> None:
+    limits = Limits(calls=0, idle_timeout=30.0)
+    await open_session(store, limits=limits)
+    for t in (20.0, 40.0, 60.0):
+        assert await verdicts(store, [CALL], limits, T0 + t) == [E.SESSION_BUDGET_EXCEEDED]
+    info = await store.get("s1")
+    assert info is not None
+    assert info.last_used == T0 + 60.0
+
+
+# --- budgets ------------------------------------------------------------------------------
+
+
+async def test_budget_allows_exactly_n_counted_calls(store: SessionStore) -> None:
+    limits = Limits(calls=3)
+    await open_session(store, limits=limits)
+    await spend(store, 3, limits)
+    outcome = await store.check("s1", "alice", [CALL], limits, T0)
+    assert outcome.calls == (
+        Denial(E.SESSION_BUDGET_EXCEEDED, LimitKind.CALLS, limit_value=3, used=3),
+    )
+    assert await calls_used(store) == 3
+
+
+async def test_tool_budget(store: SessionStore) -> None:
+    limits = Limits(calls=10, tool_calls={"refund": 2})
+    await open_session(store, limits=limits)
+    assert await verdicts(store, [tool("refund"), tool("lookup"), tool("refund")], limits) == [
+        None,
+        None,
+        None,
+    ]
+    outcome = await store.check("s1", "alice", [tool("refund")], limits, T0)
+    assert outcome.calls == (
+        Denial(E.SESSION_BUDGET_EXCEEDED, LimitKind.TOOL_CALLS, limit_value=2, used=2),
+    )
+    assert await verdicts(store, [tool("lookup"), CALL], limits) == [None, None]
+    assert await calls_used(store) == 5
+
+
+async def test_session_budget_comes_before_tool_budget(store: SessionStore) -> None:
+    limits = Limits(calls=1, tool_calls={"refund": 1})
+    await open_session(store, limits=limits)
+    await spend(store, 1, limits)
+    outcome = await store.check("s1", "alice", [tool("refund")], limits, T0)
+    assert outcome.calls[0] is not None
+    assert outcome.calls[0].limit is LimitKind.CALLS
+
+
+async def test_uncounted_calls_skip_budget_and_rate_but_not_authorization(
+    store: SessionStore,
+) -> None:
+    limits = Limits(calls=1, per_minute=1)
+    await open_session(store, limits=limits)
+    await spend(store, 1, limits)
+    denied_ping = Call(counted=False, denied=E.METHOD_NOT_AUTHORIZED)
+    assert await verdicts(store, [PING, PING, denied_ping], limits) == [
+        None,
+        None,
+        E.METHOD_NOT_AUTHORIZED,
+    ]
+    assert await calls_used(store) == 1
+
+
+async def test_counted_at_birth(store: SessionStore) -> None:
+    """A2A: the request that starts a session counts against its budget and its bucket."""
+    await open_session(store, "budget", limits=Limits(calls=2), counted=1)
+    assert await calls_used(store, "budget") == 1
+    got = await verdicts(store, [CALL, CALL], Limits(calls=2), session_id="budget")
+    assert got == [None, E.SESSION_BUDGET_EXCEEDED]
+    await open_session(store, "bucket", limits=Limits(per_minute=2), counted=1)
+    got = await verdicts(store, [CALL, CALL], Limits(per_minute=2), session_id="bucket")
+    assert got == [None, E.SESSION_RATE_LIMITED]
+
+
+# --- authorization ------------------------------------------------------------------------
+
+
+async def test_authorization_verdict_passes_through_uncounted(store: SessionStore) -> None:
+    limits = Limits(calls=2, tool_calls={"refund": 1})
+    await open_session(store, limits=limits)
+    denied = [tool("admin", E.TOOL_NOT_AUTHORIZED), Call(True, None, E.METHOD_NOT_AUTHORIZED)]
+    outcome = await store.check("s1", "alice", denied, limits, T0)
+    assert outcome.calls == (Denial(E.TOOL_NOT_AUTHORIZED), Denial(E.METHOD_NOT_AUTHORIZED))
+    assert await calls_used(store) == 0
+    assert await verdicts(store, [tool("refund"), CALL, CALL], limits) == [
+        None,
+        None,
+        E.SESSION_BUDGET_EXCEEDED,
+    ]
+
+
+# --- rate limit ---------------------------------------------------------------------------
+
+
+async def test_rate_limit_with_exact_retry_after_and_refill(store: SessionStore) -> None:
+    limits = Limits(per_minute=60)  # one token per second
+    await open_session(store, limits=limits)
+    await spend(store, 60, limits)
+    outcome = await store.check("s1", "alice", [CALL], limits, T0)
+    denial = outcome.calls[0]
+    assert denial is not None
+    assert denial.reason is E.SESSION_RATE_LIMITED
+    assert denial.limit is LimitKind.RATE
+    assert denial.limit_value == 60
+    assert denial.retry_after == pytest.approx(1.0)
+    outcome = await store.check("s1", "alice", [CALL], limits, T0 + 0.25)
+    assert outcome.calls[0] is not None
+    assert outcome.calls[0].retry_after == pytest.approx(0.75)
+    assert await verdicts(store, [CALL, CALL], limits, T0 + 1.0) == [None, E.SESSION_RATE_LIMITED]
+    assert await verdicts(store, [CALL], limits, T0 + 2.5) == [None]
+    outcome = await store.check("s1", "alice", [CALL], limits, T0 + 2.5)
+    assert outcome.calls[0] is not None
+    assert outcome.calls[0].retry_after == pytest.approx(0.5)
+    assert await calls_used(store) == 62
+
+
+async def test_rate_limit_bucket_holds_at_most_per_minute(store: SessionStore) -> None:
+    limits = Limits(per_minute=6)
+    await open_session(store, limits=limits)
+    got = await verdicts(store, [CALL] * 8, limits, T0 + 600)
+    assert got == [None] * 6 + [E.SESSION_RATE_LIMITED] * 2
+
+
+async def test_rate_limit_refills_at_per_minute_over_60s(store: SessionStore) -> None:
+    limits = Limits(per_minute=600)  # ten tokens per second
+    await open_session(store, limits=limits)
+    await verdicts(store, [CALL] * 600, limits, T0)
+    got = await verdicts(store, [CALL] * 3, limits, T0 + 0.25)
+    assert got == [None, None, E.SESSION_RATE_LIMITED]
+
+
+# --- the reference order ------------------------------------------------------------------
+
+
+async def test_order_mismatch_before_closed(store: SessionStore) -> None:
+    await open_session(store)
+    await store.close("s1", T0)
+    outcome = await store.check("s1", "mallory", [CALL], LIMITS, T0)
+    assert outcome.session == Denial(E.AGENT_MISMATCH)
+
+
+async def test_order_mismatch_before_expired(store: SessionStore) -> None:
+    limits = Limits(ttl=10.0)
+    await open_session(store, limits=limits)
+    assert await session_reason(store, "s1", "mallory", limits, T0 + 20) is E.AGENT_MISMATCH
+    assert await session_reason(store, "s1", "alice", limits, T0 + 20) is E.SESSION_EXPIRED
+
+
+async def test_order_closed_before_expired(store: SessionStore) -> None:
+    limits = Limits(ttl=10.0)
+    await open_session(store, limits=limits)
+    assert await store.close("s1", T0 + 1)
+    assert await session_reason(store, limits=limits, now=T0 + 20) is E.SESSION_CLOSED
+
+
+async def test_order_budget_before_authorization(store: SessionStore) -> None:
+    limits = Limits(calls=1, tool_calls={"refund": 0})
+    await open_session(store, limits=limits)
+    got = await verdicts(store, [tool("refund", E.TOOL_NOT_AUTHORIZED)], limits)
+    assert got == [E.SESSION_BUDGET_EXCEEDED]
+    await spend(store, 1, limits)
+    got = await verdicts(store, [tool("lookup", E.TOOL_NOT_AUTHORIZED)], limits)
+    assert got == [E.SESSION_BUDGET_EXCEEDED]
+
+
+async def test_order_authorization_before_rate_limit(store: SessionStore) -> None:
+    limits = Limits(per_minute=1)
+    await open_session(store, limits=limits)
+    await spend(store, 1, limits)
+    got = await verdicts(store, [tool("admin", E.TOOL_NOT_AUTHORIZED), CALL], limits)
+    assert got == [E.TOOL_NOT_AUTHORIZED, E.SESSION_RATE_LIMITED]
+
+
+async def test_denied_calls_take_neither_budget_nor_tokens(store: SessionStore) -> None:
+    limits = Limits(calls=3, per_minute=2)
+    await open_session(store, limits=limits)
+    unauthorized = tool("admin", E.TOOL_NOT_AUTHORIZED)
+    assert await verdicts(store, [unauthorized] * 5, limits) == [E.TOOL_NOT_AUTHORIZED] * 5
+    assert await verdicts(store, [CALL, CALL, CALL], limits) == [
+        None,
+        None,
+        E.SESSION_RATE_LIMITED,
+    ]
+    assert await calls_used(store) == 2
+    assert await verdicts(store, [CALL, CALL], limits, T0 + 60) == [
+        None,
+        E.SESSION_BUDGET_EXCEEDED,
+    ]
+
+
+async def test_rate_limited_calls_do_not_spend_budget(store: SessionStore) -> None:
+    limits = Limits(calls=3, per_minute=1)
+    await open_session(store, limits=limits)
+    got = await verdicts(store, [CALL] * 4, limits)
+    assert got == [None] + [E.SESSION_RATE_LIMITED] * 3
+    assert await verdicts(store, [CALL], limits, T0 + 60) == [None]
+    assert await verdicts(store, [CALL], limits, T0 + 120) == [None]
+    assert await verdicts(store, [CALL], limits, T0 + 180) == [E.SESSION_BUDGET_EXCEEDED]
+
+
+# --- batches ------------------------------------------------------------------------------
+
+
+async def test_batch_elements_are_counted_in_order(store: SessionStore) -> None:
+    limits = Limits(calls=3, tool_calls={"refund": 1})
+    await open_session(store, limits=limits)
+    batch = [tool("refund"), PING, tool("refund"), CALL, tool("x", E.TOOL_NOT_AUTHORIZED), CALL]
+    assert await verdicts(store, batch, limits) == [
+        None,
+        None,
+        E.SESSION_BUDGET_EXCEEDED,
+        None,
+        E.TOOL_NOT_AUTHORIZED,
+        None,
+    ]
+    assert await verdicts(store, [CALL, PING], limits) == [E.SESSION_BUDGET_EXCEEDED, None]
+    assert await calls_used(store) == 3
+
+
+async def test_session_level_denial_refuses_the_whole_batch(store: SessionStore) -> None:
+    outcome = await store.check("nope", "alice", [CALL, PING, CALL], LIMITS, T0)
+    assert outcome.session == Denial(E.SESSION_NOT_FOUND)
+    assert outcome.calls == ()
+
+
+# --- hot reload: the limits of each call decide, the counters stay -----------------------
+
+
+async def test_new_limits_apply_and_counters_are_kept(store: SessionStore) -> None:
+    old = Limits(calls=2, tool_calls={"refund": 1})
+    await open_session(store, limits=old)
+    await verdicts(store, [CALL, tool("refund")], old)
+    assert await verdicts(store, [CALL], old) == [E.SESSION_BUDGET_EXCEEDED]
+    raised = Limits(calls=4, tool_calls={"refund": 2})
+    assert await verdicts(store, [tool("refund"), tool("refund"), CALL, CALL], raised) == [
+        None,
+        E.SESSION_BUDGET_EXCEEDED,
+        None,
+        E.SESSION_BUDGET_EXCEEDED,
+    ]
+    lowered = Limits(calls=1)
+    assert await verdicts(store, [CALL], lowered) == [E.SESSION_BUDGET_EXCEEDED]
+    assert await calls_used(store) == 4
+
+
+async def test_shorter_ttl_after_reload_expires_at_once(store: SessionStore) -> None:
+    await open_session(store)
+    assert await session_reason(store, now=T0 + 100) is None
+    assert await session_reason(store, limits=Limits(ttl=50.0), now=T0 + 101) is E.SESSION_EXPIRED
+    assert await store.live_count(T0 + 101) == 0
+
+
+async def test_lower_rate_after_reload_caps_the_bucket(store: SessionStore) -> None:
+    await open_session(store, limits=Limits(per_minute=600))
+    slow = Limits(per_minute=2)
+    assert await verdicts(store, [CALL] * 3, slow, T0 + 1) == [None, None, E.SESSION_RATE_LIMITED]
+
+
+async def test_new_cap_applies_to_existing_sessions(store: SessionStore) -> None:
+    for i in range(3):
+        await open_session(store, f"s{i}")
+    denial = await store.reserve("alice", Limits(max_per_agent=2), T0)
+    assert isinstance(denial, Denial)
+    assert denial.reason is E.TOO_MANY_SESSIONS
+    assert denial.used == 3
+
+
+# --- concurrency --------------------------------------------------------------------------
+
+
+async def test_concurrent_checks_never_overspend(store: SessionStore) -> None:
+    limits = Limits(calls=10)
+    await open_session(store, limits=limits)
+    outcomes = await asyncio.gather(
+        *(store.check("s1", "alice", [CALL], limits, T0 + i / 100) for i in range(40))
+    )
+    allowed = [o for o in outcomes if o.allowed]
+    assert len(allowed) == 10
+    assert all(o.calls[0] is not None for o in outcomes if not o.allowed)
+    assert await calls_used(store) == 10
+
+
+async def test_concurrent_reservations_never_overshoot_the_cap(store: SessionStore) -> None:
+    limits = Limits(max_per_agent=3)
+    got = await asyncio.gather(*(store.reserve("alice", limits, T0) for _ in range(20)))
+    assert sum(isinstance(r, str) for r in got) == 3
+    assert len({r for r in got if isinstance(r, str)}) == 3
+
+
+# --- the per-agent cap --------------------------------------------------------------------
+
+
+async def test_cap_counts_sessions_and_pending_reservations(store: SessionStore) -> None:
+    limits = Limits(max_per_agent=2)
+    await open_session(store, "s1", limits=limits)
+    token = await store.reserve("alice", limits, T0)
+    assert isinstance(token, str)
+    denial = await store.reserve("alice", limits, T0)
+    assert denial == Denial(E.TOO_MANY_SESSIONS, LimitKind.CAP, limit_value=2, used=2)
+    assert isinstance(await store.reserve("bob", limits, T0), str)  # caps are per agent
+    await store.bind(token, "s2", "alice", "mcp", limits, T0)
+    assert isinstance(await store.reserve("alice", limits, T0), Denial)  # bound, not doubled
+    assert await store.live_count(T0) == 2
+
+
+async def test_release_frees_a_place(store: SessionStore) -> None:
+    limits = Limits(max_per_agent=1)
+    token = await store.reserve("alice", limits, T0)
+    assert isinstance(token, str)
+    assert isinstance(await store.reserve("alice", limits, T0), Denial)
+    await store.release(token)
+    assert isinstance(await store.reserve("alice", limits, T0), str)
+
+
+async def test_unbound_reservation_lapses_after_a_minute(store: SessionStore) -> None:
+    limits = Limits(max_per_agent=1)
+    assert isinstance(await store.reserve("alice", limits, T0), str)
+    assert isinstance(await store.reserve("alice", limits, T0 + 30), Denial)
+    assert isinstance(await store.reserve("alice", limits, T0 + 61), str)
+
+
+async def test_close_frees_a_place_at_once(store: SessionStore) -> None:
+    limits = Limits(max_per_agent=1)
+    await open_session(store, "s1", limits=limits)
+    assert isinstance(await store.reserve("alice", limits, T0), Denial)
+    assert await store.close("s1", T0)
+    assert isinstance(await store.reserve("alice", limits, T0), str)
+
+
+async def test_expiry_frees_a_place(store: SessionStore) -> None:
+    limits = Limits(max_per_agent=1, idle_timeout=30.0)
+    await open_session(store, "s1", limits=limits)
+    assert isinstance(await store.reserve("alice", limits, T0 + 29), Denial)
+    assert isinstance(await store.reserve("alice", limits, T0 + 30), str)
+    assert await session_reason(store, limits=limits, now=T0 + 31) is E.SESSION_EXPIRED
+
+
+async def test_expiry_by_the_current_cap_limits_frees_a_place(store: SessionStore) -> None:
+    await open_session(store, "s1", limits=Limits(max_per_agent=1))
+    shorter = Limits(max_per_agent=1, ttl=10.0)
+    assert isinstance(await store.reserve("alice", shorter, T0 + 10), str)
+
+
+# --- views --------------------------------------------------------------------------------
+
+
+async def test_sessions_lists_live_sessions_only(store: SessionStore) -> None:
+    limits = Limits(ttl=100.0)
+    await open_session(store, "live", limits=limits, counted=1, protocol="a2a")
+    await open_session(store, "closed", limits=limits)
+    await open_session(store, "old", limits=Limits(ttl=10.0))
+    await store.check("live", "alice", [CALL], limits, T0 + 5)
+    await store.close("closed", T0 + 5)
+    listed = await store.sessions(T0 + 20)
+    assert [s.id for s in listed] == ["live"]
+    info = listed[0]
+    assert (info.agent, info.protocol, info.calls_used, info.closed) == ("alice", "a2a", 2, False)
+    assert info.created == pytest.approx(T0)
+    assert info.last_used == pytest.approx(T0 + 5)
+    assert await store.live_count(T0 + 20) == 1
+
+
+async def test_get_reports_proxy_issued(store: SessionStore) -> None:
+    token = await store.reserve("alice", LIMITS, T0)
+    assert isinstance(token, str)
+    await store.bind(token, "mine", "alice", "mcp", LIMITS, T0, proxy_issued=True)
+    info = await store.get("mine")
+    assert info is not None
+    assert info.proxy_issued
+    assert not info.closed
+
+
+async def test_healthy(store: SessionStore) -> None:
+    assert await store.healthy()

@@ -1,0 +1,190 @@
+"""The in-memory store: the shared decision suite, then heap, tombstones and size."""
+
+from __future__ import annotations
+
+import gc
+import tracemalloc
+import uuid
+
+from proxy.errors import E
+from proxy.sessions.base import Call, Limits
+from proxy.sessions.memory import MemoryStore
+from tests.unit.store_contract import *  # noqa: F403  (the shared suite runs here)
+from tests.unit.store_contract import T0, open_session, session_reason
+
+CALL = Call(counted=True)
+
+
+async def test_sweep_ends_what_is_due_and_nothing_else() -> None:
+    store = MemoryStore()
+    await open_session(store, "short", limits=Limits(ttl=10.0))
+    await open_session(store, "long", limits=Limits(ttl=100.0))
+    assert await store.sweep(T0 + 9) == 0
+    assert len(store._heap) == 2
+    assert await store.sweep(T0 + 10) == 1
+    assert await store.sweep(T0 + 50) == 0
+    assert await store.sweep(T0 + 100) == 1
+    assert store._live == {}
+    assert store._heap == []
+    assert store._agents == {}
+
+
+async def test_sweep_follows_a_moving_idle_deadline() -> None:
+    store = MemoryStore()
+    limits = Limits(idle_timeout=30.0)
+    await open_session(store, limits=limits)
+    await store.check("s1", "alice", [CALL], limits, T0 + 20)
+    assert await store.sweep(T0 + 31) == 0  # due by birth, not by use: pushed back
+    assert len(store._heap) == 1
+    assert store._heap[0][0] == T0 + 50
+    assert await store.sweep(T0 + 50) == 1
+    assert await session_reason(store, now=T0 + 51) is E.SESSION_EXPIRED
+
+
+async def test_sweep_uses_the_limits_a_session_was_last_judged_by() -> None:
+    store = MemoryStore()
+    await open_session(store)  # idle 15 minutes
+    shorter = Limits(idle_timeout=5.0)
+    await store.check("s1", "alice", [CALL], shorter, T0 + 1)
+    assert len(store._heap) == 2  # an earlier entry; the later one goes stale
+    assert await store.sweep(T0 + 6) == 1
+    assert await store.sweep(T0 + 1000) == 0
+    assert store._heap == []
+
+
+async def test_sweep_drops_lapsed_reservations() -> None:
+    store = MemoryStore()
+    assert isinstance(await store.reserve("alice", Limits(), T0), str)
+    await store.sweep(T0 + 59)
+    assert len(store._pending) == 1
+    await store.sweep(T0 + 60)
+    assert store._pending == {}
+    assert store._agents == {}
+
+
+async def test_tombstones_last_an_hour() -> None:
+    store = MemoryStore()
+    await open_session(store)
+    assert await store.close("s1", T0)
+    assert await store.sweep(T0 + 3599) == 0  # closing is not expiry: nothing new ended
+    assert await session_reason(store, now=T0 + 3599) is E.SESSION_CLOSED
+    await store.sweep(T0 + 3600)
+    assert await session_reason(store, now=T0 + 3601) is E.SESSION_NOT_FOUND
+    assert await store.get("s1") is None
+
+
+async def test_tombstones_are_bounded_oldest_first() -> None:
+    store = MemoryStore(tombstones=5)
+    for i in range(10):
+        await open_session(store, f"s{i}")
+        await store.close(f"s{i}", T0 + i)
+    assert len(store._ended) == 5
+    assert [await session_reason(store, f"s{i}", now=T0 + 20) for i in (0, 4, 5, 9)] == [
+        E.SESSION_NOT_FOUND,
+        E.SESSION_NOT_FOUND,
+        E.SESSION_CLOSED,
+        E.SESSION_CLOSED,
+    ]
+
+
+async def test_get_keeps_the_record_of_an_ended_session() -> None:
+    store = MemoryStore()
+    limits = Limits(ttl=10.0)
+    await open_session(store, limits=limits)
+    await store.check("s1", "alice", [CALL, CALL], limits, T0 + 1)
+    await store.sweep(T0 + 10)
+    info = await store.get("s1")
+    assert info is not None
+    assert (info.calls_used, info.closed) == (2, False)
+    assert await store.sessions(T0 + 10) == []
+
+
+async def test_close_of_a_session_past_its_deadline_is_expiry() -> None:
+    store = MemoryStore()
+    await open_session(store, limits=Limits(ttl=10.0))
+    assert not await store.close("s1", T0 + 10)
+    assert await session_reason(store, now=T0 + 11) is E.SESSION_EXPIRED
+
+
+async def test_bind_of_a_live_id_charges_it_and_frees_the_place() -> None:
+    store = MemoryStore()
+    limits = Limits(max_per_agent=2)
+    await open_session(store, limits=limits)
+    token = await store.reserve("alice", limits, T0)
+    assert isinstance(token, str)
+    await store.bind(token, "s1", "alice", "a2a", limits, T0, counted=1)
+    info = await store.get("s1")
+    assert info is not None
+    assert (info.protocol, info.calls_used) == ("mcp", 1)
+    assert len(store._agents["alice"].sessions) == 1
+    assert store._agents["alice"].pending == {}
+    other = await store.reserve("bob", limits, T0)
+    assert isinstance(other, str)
+    await store.bind(other, "s1", "bob", "a2a", limits, T0, counted=1)
+    assert await session_reason(store, agent="bob") is E.AGENT_MISMATCH
+    info = await store.get("s1")
+    assert info is not None
+    assert (info.agent, info.calls_used) == ("alice", 1)
+    assert "bob" not in store._agents
+
+
+async def test_a_closed_id_is_not_reborn_by_bind() -> None:
+    store = MemoryStore()
+    await open_session(store)
+    await store.close("s1", T0)
+    await open_session(store)
+    assert await session_reason(store) is E.SESSION_CLOSED
+    assert store._agents == {}
+
+
+async def test_bind_after_the_reservation_lapsed_still_binds() -> None:
+    store = MemoryStore()
+    limits = Limits(max_per_agent=1)
+    token = await store.reserve("alice", limits, T0)
+    assert isinstance(token, str)
+    await store.sweep(T0 + 61)
+    await store.bind(token, "s1", "alice", "mcp", limits, T0 + 62)
+    assert await session_reason(store, now=T0 + 63) is None
+    assert await store.live_count(T0 + 63) == 1
+
+
+async def test_a_live_session_costs_under_1_kb() -> None:
+    """Everything the store holds for a session: record, id, agent name, indexes, a tool count."""
+    sessions = 20_000
+    limits = Limits(max_per_agent=20, tool_calls={"refund": 5})
+    refund = Call(counted=True, tool="refund")
+    store = MemoryStore()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(sessions):
+            session_id, agent = str(uuid.uuid4()), f"agent-{i % 1000:04d}"
+            now = T0 + i / 1000
+            token = await store.reserve(agent, limits, now)
+            assert isinstance(token, str)
+            await store.bind(token, session_id, agent, "mcp", limits, now)
+            outcome = await store.check(session_id, agent, [refund, CALL], limits, now + 1)
+            assert outcome.allowed
+        gc.collect()
+        per_session = (tracemalloc.get_traced_memory()[0] - before) / sessions
+    finally:
+        tracemalloc.stop()
+    assert await store.live_count(T0) == sessions
+    assert per_session < 1024, f"{per_session:.0f} bytes per session"
+
+
+async def test_sweep_of_100k_sessions() -> None:
+    store = MemoryStore()
+    sessions = 100_000
+    limits = Limits(ttl=10.0)
+    for i in range(sessions):
+        await open_session(store, f"s{i}", f"agent-{i % 10_000}", limits)
+    assert await store.live_count(T0) == sessions
+    assert await store.sweep(T0 + 9) == 0
+    assert len(store._heap) == sessions
+    assert await store.sweep(T0 + 10) == sessions
+    assert (store._live, store._heap, store._agents) == ({}, [], {})
+    assert len(store._ended) == sessions
+    assert await store.sweep(T0 + 10 + 3600) == 0
+    assert len(store._ended) == 0
