@@ -82,7 +82,9 @@ async def _upstream_client(app: web.Application) -> AsyncIterator[None]:
         skip_auto_headers=("User-Agent", "Content-Type"),
         cookie_jar=None,
     )
-    app[FORWARDER] = Forwarder(settings, client, lambda: runtime.error_style, runtime.gate())
+    app[FORWARDER] = Forwarder(
+        settings, client, lambda: runtime.error_style, runtime.gate(), runtime.metrics
+    )
     try:
         yield
     finally:

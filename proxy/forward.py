@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +39,8 @@ from proxy.errors import (
     render_sse_jsonrpc,
 )
 from proxy.gate import Admission, Gate, Refusal
-from proxy.protocols import jsonrpc
+from proxy.metrics import HTTP_METHODS, OTHER, Metrics, RequestOutcome
+from proxy.protocols import a2a, jsonrpc, mcp
 from proxy.protocols.classify import Binding, Classified, Protocol, classify, reads_body
 from proxy.protocols.mcp import SESSION_HEADER
 from proxy.protocols.sse import EventSplitter, event_data
@@ -118,7 +120,9 @@ class Forwarder:
         client: ClientSession,
         error_style: Callable[[], ErrorStyle],
         gate: Gate,
+        metrics: Metrics,
     ) -> None:
+        self._metrics = metrics
         self._settings = settings
         self._client = client
         self._style = error_style
@@ -130,6 +134,23 @@ class Forwarder:
     # -- request side -------------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Answer one request; counts it by protocol, method and outcome."""
+        metrics = self._metrics
+        metrics.in_flight.inc()
+        request[_OUTCOME] = RequestOutcome.ALLOWED
+        try:
+            return await self._handle(request)
+        finally:
+            metrics.in_flight.dec()
+            info: Classified | None = request.get(_INFO)
+            if info is None:
+                metrics.requests.inc("unknown", _http_label(request.method), request[_OUTCOME])
+            else:
+                metrics.requests.inc(
+                    info.protocol, _method_label(info, request.method), request[_OUTCOME]
+                )
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         settings = self._settings
         body: bytes | None = None
         if reads_body(request.method):
@@ -143,14 +164,23 @@ class Forwarder:
         info = classify(
             request.method, request.path, request.headers, body, settings.protocol, self._hint
         )
+        request[_INFO] = info
         if info.invalid is not None:
+            request[_OUTCOME] = RequestOutcome.INVALID
             err = E.PARSE_ERROR if info.invalid.parse_error else E.INVALID_REQUEST
             return self._error(info, WardenError(err))
         if info.protocol != "unknown" and info.binding is not Binding.OPAQUE:
             self._hint = info.protocol
         verdict = await self._gate.admit(request.method, request.headers, info)
         if isinstance(verdict, Refusal):
+            request[_OUTCOME] = RequestOutcome.DENIED
             return self._error(info, verdict.error)
+        if verdict.decision != "allow":
+            request[_OUTCOME] = (
+                RequestOutcome.AUDIT_DENIED
+                if verdict.decision == "audit-deny"
+                else RequestOutcome.DENIED  # part of a batch refused
+            )
         if verdict.forwards_nothing:
             return _json_response(verdict.denied_errors)
         if verdict.strip_session and request.method == "DELETE":
@@ -225,6 +255,7 @@ class Forwarder:
                 headers[hdrs.CONTENT_LENGTH] = str(request.content_length)
             data = self._streamed_request_body(request, overflow)
         attempts = 2 if request.method in _IDEMPOTENT and not request.body_exists else 1
+        started = time.perf_counter()
         for attempt in range(attempts):
             try:
                 async with asyncio.timeout(self._settings.response_timeout):
@@ -245,12 +276,17 @@ class Forwarder:
                 if attempt + 1 < attempts:
                     continue
                 await self._gate.settle(verdict, None, None)
+                request[_OUTCOME] = RequestOutcome.UPSTREAM_ERROR
                 return self._upstream_error(info, exc)
             except (ClientConnectionError, ClientResponseError, TimeoutError) as exc:
                 await self._gate.settle(verdict, None, None)
                 if overflow:
                     return self._too_large(request)
+                request[_OUTCOME] = RequestOutcome.UPSTREAM_ERROR
                 return self._upstream_error(info, exc)
+        self._metrics.upstream_latency.observe(time.perf_counter() - started, info.protocol)
+        if resp.status >= 500:
+            request[_OUTCOME] = RequestOutcome.UPSTREAM_ERROR
         try:
             extra = await self._gate.settle(verdict, resp.status, resp.headers)
             return await self._respond(request, info, resp, extra, verdict.denied_errors)
@@ -506,6 +542,7 @@ class Forwarder:
 
     def _upstream_error(self, info: Classified, exc: BaseException) -> web.Response:
         reason = upstream_failure(exc)
+        self._metrics.upstream_failures.inc(reason.name)
         log.warning(
             "upstream request failed",
             extra={"reason": reason.name, "error": type(exc).__name__, "detail": str(exc)[:200]},
@@ -549,6 +586,26 @@ class Forwarder:
 
     def _error(self, info: Classified, err: WardenError) -> web.Response:
         return _to_response(self._render(info, err))
+
+
+_OUTCOME = "agent_warden.outcome"
+_INFO = "agent_warden.info"
+
+
+def _http_label(method: str) -> str:
+    return method if method in HTTP_METHODS else OTHER
+
+
+def _method_label(info: Classified, http_method: str) -> str:
+    """A bounded label: a known JSON-RPC method or A2A operation, else the HTTP method."""
+    if info.rest is not None:
+        return info.rest.op.name
+    if info.body is not None:
+        method = info.body.first_method
+        if method is not None and (method in mcp.METHODS or a2a.op_for_method(method)):
+            return method
+        return OTHER
+    return _http_label(http_method)
 
 
 def _json_response(doc: Any) -> web.Response:
