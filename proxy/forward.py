@@ -142,7 +142,7 @@ class Forwarder:
             return await self._handle(request)
         finally:
             metrics.in_flight.dec()
-            info: Classified | None = request.get(_INFO)
+            info = request.get(_INFO)
             if info is None:
                 metrics.requests.inc("unknown", _http_label(request.method), request[_OUTCOME])
             else:
@@ -588,8 +588,8 @@ class Forwarder:
         return _to_response(self._render(info, err))
 
 
-_OUTCOME = "agent_warden.outcome"
-_INFO = "agent_warden.info"
+_OUTCOME = web.RequestKey("agent_warden.outcome", RequestOutcome)
+_INFO = web.RequestKey("agent_warden.info", Classified)
 
 
 def _http_label(method: str) -> str:

@@ -530,7 +530,9 @@ def test_increments_reuse_the_first_key_and_allocate_nothing_after_it() -> None:
         after, _ = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert after - before < 512  # nothing retained per increment
+    # Anything retained per increment would be >= 8 bytes x 8000 updates; the slack absorbs
+    # allocations of other threads (the suite's upstream servers) that tracemalloc also sees.
+    assert after - before < 16_384
     (key,) = counter._values
     assert key is first_key
     assert hist._series[("mcp",)] is first_state
