@@ -42,8 +42,9 @@ from proxy.gate import Admission, Gate, Refusal
 from proxy.metrics import HTTP_METHODS, OTHER, Metrics, RequestOutcome
 from proxy.protocols import a2a, jsonrpc, mcp
 from proxy.protocols.classify import Binding, Classified, Protocol, classify, reads_body
+from proxy.protocols.events import StreamWatch
 from proxy.protocols.mcp import SESSION_HEADER
-from proxy.protocols.sse import EventSplitter, event_data
+from proxy.protocols.sse import EventSplitter
 
 log = logging.getLogger("agent_warden.forward")
 
@@ -289,9 +290,10 @@ class Forwarder:
             request[_OUTCOME] = RequestOutcome.UPSTREAM_ERROR
         try:
             extra = await self._gate.settle(verdict, resp.status, resp.headers)
-            return await self._respond(request, info, resp, extra, verdict.denied_errors)
+            return await self._respond(request, info, resp, extra, verdict)
         finally:
             resp.release()
+            await self._gate.finish(verdict)
 
     # -- response side ------------------------------------------------------------------
 
@@ -301,25 +303,29 @@ class Forwarder:
         info: Classified,
         resp: ClientResponse,
         extra: dict[str, str],
-        denied: list[dict[str, Any]],
+        verdict: Admission,
     ) -> web.StreamResponse:
         status = resp.status
         headers = filter_headers(resp.headers, _RESPONSE_DROP)
         headers.update(extra)
         streaming = resp.content_type == "text/event-stream"
-        if denied and 200 <= status < 300:
-            return await self._merge_batch(request, info, resp, headers, denied, streaming)
+        if verdict.denied_errors and 200 <= status < 300:
+            return await self._merge_batch(request, info, resp, headers, verdict, streaming)
         if request.method == "HEAD" or status in (204, 304) or status < 200:
             return web.Response(status=status, reason=resp.reason, headers=headers)
         if status >= 400:
             return await self._error_status(info, resp, headers)
+        if status >= 300:
+            return await self._relay(request, resp, headers)
         ids = info.request_ids
-        if 200 <= status < 300 and info.binding is Binding.JSONRPC and ids:
+        if info.binding is Binding.JSONRPC and ids:
             if streaming:
-                return await self._relay_events(request, info, resp, headers, set(ids))
-            return await self._checked_jsonrpc(request, info, resp, headers)
+                return await self._relay_events(request, info, resp, headers, verdict, set(ids))
+            return await self._checked_jsonrpc(request, info, resp, headers, verdict)
         if streaming:
-            return await self._relay_events(request, info, resp, headers, None)
+            return await self._relay_events(request, info, resp, headers, verdict, None)
+        if info.binding is Binding.REST and verdict.learns:
+            return await self._checked_rest(request, info, resp, headers, verdict)
         return await self._relay(request, resp, headers)
 
     async def _merge_batch(
@@ -328,10 +334,11 @@ class Forwarder:
         info: Classified,
         resp: ClientResponse,
         headers: CIMultiDict[str],
-        denied: list[dict[str, Any]],
+        verdict: Admission,
         streaming: bool,
     ) -> web.StreamResponse:
         """A batch of which some elements were denied: their errors join the upstream's answer."""
+        denied = verdict.denied_errors
         if streaming:
             out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)
             await out.prepare(request)
@@ -339,7 +346,7 @@ class Forwarder:
                 payload = json.dumps(error, separators=(",", ":"))
                 await out.write(f"event: message\ndata: {payload}\n\n".encode())
             pending = {i for i in info.request_ids if i not in {e["id"] for e in denied}}
-            return await self._relay_events(request, info, resp, headers, pending, out)
+            return await self._relay_events(request, info, resp, headers, verdict, pending, out)
         try:
             data, whole = await self._read_bounded(resp)
         except (ClientPayloadError, ClientConnectionError, TimeoutError) as exc:
@@ -371,23 +378,53 @@ class Forwarder:
         info: Classified,
         resp: ClientResponse,
         headers: CIMultiDict[str],
+        verdict: Admission,
     ) -> web.StreamResponse:
         try:
             data, whole = await self._read_bounded(resp)
         except (ClientPayloadError, ClientConnectionError, TimeoutError) as exc:
             return self._upstream_error(info, exc)
-        if not whole:  # too large to inspect: trusted as it streams
+        if not whole or _encoded(resp):  # too large or encoded to inspect: trusted as it is
             return await self._relay(request, resp, headers, prefix=data)
-        if not _encoded(resp) and not _is_jsonrpc_response(data):
-            log.warning(
-                "upstream answered a JSON-RPC request with a body that is not JSON-RPC",
-                extra={"status": resp.status, "path": request.path},
-            )
-            err = (
-                E.INVALID_AGENT_RESPONSE if info.protocol == "a2a" else E.UPSTREAM_INVALID_RESPONSE
-            )
-            return self._error(info, WardenError(err))
+        doc = _json_or_none(data)
+        if doc is None or not jsonrpc.is_response(doc):
+            return self._invalid_response(request, info, resp)
+        if verdict.learns:
+            items = doc if isinstance(doc, list) else [doc]
+            await self._gate.learn(verdict, [i["result"] for i in items if "result" in i])
         return web.Response(body=data, status=resp.status, reason=resp.reason, headers=headers)
+
+    async def _checked_rest(
+        self,
+        request: web.Request,
+        info: Classified,
+        resp: ClientResponse,
+        headers: CIMultiDict[str],
+        verdict: Admission,
+    ) -> web.StreamResponse:
+        """An A2A REST answer: must be JSON; what it reveals binds the session."""
+        try:
+            data, whole = await self._read_bounded(resp)
+        except (ClientPayloadError, ClientConnectionError, TimeoutError) as exc:
+            return self._upstream_error(info, exc)
+        if not whole or _encoded(resp):
+            return await self._relay(request, resp, headers, prefix=data)
+        doc = _json_or_none(data) if data.strip() else {}
+        if doc is None:
+            return self._invalid_response(request, info, resp)
+        await self._gate.learn(verdict, [doc])
+        return web.Response(body=data, status=resp.status, reason=resp.reason, headers=headers)
+
+    def _invalid_response(
+        self, request: web.Request, info: Classified, resp: ClientResponse
+    ) -> web.Response:
+        log.warning(
+            "upstream answered with a body that does not fit the request's protocol",
+            extra={"status": resp.status, "path": request.path, "binding": info.binding.value},
+        )
+        request[_OUTCOME] = RequestOutcome.UPSTREAM_ERROR
+        err = E.INVALID_AGENT_RESPONSE if info.protocol == "a2a" else E.UPSTREAM_INVALID_RESPONSE
+        return self._error(info, WardenError(err))
 
     async def _error_status(
         self, info: Classified, resp: ClientResponse, headers: CIMultiDict[str]
@@ -474,6 +511,7 @@ class Forwarder:
         info: Classified,
         resp: ClientResponse,
         headers: CIMultiDict[str],
+        verdict: Admission,
         pending: set[jsonrpc.JsonRpcId] | None,
         out: web.StreamResponse | None = None,
     ) -> web.StreamResponse:
@@ -482,6 +520,13 @@ class Forwarder:
             out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)
             await out.prepare(request)
         splitter = EventSplitter()
+        op = info.a2a_op
+        watch = StreamWatch(
+            pending,
+            jsonrpc_binding=info.binding is Binding.JSONRPC,
+            a2a_stream=op is not None and op.streaming,
+        )
+        owes = pending is not None or (op is not None and op.streaming)
         interrupted = False
         try:
             while True:
@@ -498,15 +543,19 @@ class Forwarder:
                     break
                 ready = splitter.feed(chunk)
                 if ready:
-                    if pending:
-                        _mark_answered(ready, pending)
+                    results = watch.feed(ready)
+                    if results and verdict.learns:
+                        await self._gate.learn(verdict, results)
                     await out.write(ready)
-            if not interrupted and not pending:
-                if splitter.pending:
-                    await out.write(splitter.pending)
-            elif pending or info.binding is not Binding.OPAQUE:
+            if owes and (interrupted or not watch.complete):
                 # Ended before its final event: tell the client in the stream's own terms.
-                await out.write(self._interrupted_events(info, pending))
+                log.warning(
+                    "upstream event stream ended before its final event",
+                    extra={"path": request.path, "cut": interrupted},
+                )
+                await out.write(self._interrupted_events(info, watch.pending))
+            elif splitter.pending:
+                await out.write(splitter.pending)
             await out.write_eof()
         except ConnectionResetError:
             resp.close()
@@ -631,11 +680,6 @@ def _json_or_none(data: bytes) -> Any:
         return None
 
 
-def _is_jsonrpc_response(data: bytes) -> bool:
-    doc = _json_or_none(data)
-    return doc is not None and jsonrpc.is_response(doc)
-
-
 def _is_aip193(doc: Any) -> bool:
     if not isinstance(doc, dict):
         return False
@@ -660,15 +704,6 @@ def _upstream_message(doc: Any) -> str | None:
             line = value.strip().splitlines()[0]
             return line[:_UPSTREAM_MESSAGE_MAX]
     return None
-
-
-def _mark_answered(events: bytes, pending: set[jsonrpc.JsonRpcId]) -> None:
-    for data in event_data(events):
-        doc = _json_or_none(data.encode())
-        if doc is None:
-            continue
-        for answered in jsonrpc.response_ids(doc):
-            pending.discard(answered)
 
 
 __all__ = ["HOP_BY_HOP", "Code", "ErrorStyle", "Forwarder", "filter_headers", "upstream_failure"]

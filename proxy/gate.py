@@ -19,7 +19,7 @@ from proxy.errors import E, WardenError, jsonrpc_error_object
 from proxy.metrics import Metrics
 from proxy.policy import PolicyFile, Rules
 from proxy.policy.decide import authorize, calls_for, identify, limits_for
-from proxy.protocols import mcp
+from proxy.protocols import a2a, mcp
 from proxy.protocols.classify import Classified
 from proxy.sessions.base import Call, Denial, Limits, SessionStore, StoreUnavailable
 
@@ -29,6 +29,7 @@ log = logging.getLogger("agent_warden.decision")
 # knows to keep the id from the upstream without asking the store.
 PROXY_SESSION_PREFIX = "awp-"
 _UNCAPPED = 2**31 - 1
+_SESSION_STARTERS = frozenset({a2a.SEND_MESSAGE.name, a2a.SEND_STREAMING_MESSAGE.name})
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +56,9 @@ class Admission:
     forward_body: bytes | None = None  # a batch with its denied elements removed
     denied_errors: list[dict[str, Any]] = field(default_factory=list)
     forwards_nothing: bool = False  # every element was denied or answered locally
+    learns: bool = False  # A2A: results reveal contexts and tasks to bind and link
+    adopt_counted: int = 0  # A2A: calls charged to a session bound from a result
+    adopt_after: bool = False  # A2A: an unseen task; its context is adopted from the result
 
 
 Verdict = Admission | Refusal
@@ -102,6 +106,8 @@ class Gate:
         try:
             if info.protocol == "mcp":
                 return await self._mcp(adm, http_method, headers, info, rules)
+            if info.protocol == "a2a" and info.a2a_op is not None:
+                return await self._a2a(adm, info, info.a2a_op, rules)
             if info.body is not None:
                 # A2A and unknown JSON-RPC: authorization now; A2A sessions bind by contextId.
                 calls = calls_for(info.body, rules)
@@ -163,6 +169,126 @@ class Gate:
             return adm
         return self._apply(adm, info, list(outcome.calls), calls)
 
+    # -- A2A ---------------------------------------------------------------------------------
+
+    async def _a2a(self, adm: Admission, info: Classified, op: a2a.A2aOp, rules: Rules) -> Verdict:
+        """Sessions are contexts: named, found through a task, or revealed by the response."""
+        limits = limits_for(rules)
+        adm.limits = limits
+        adm.learns = True
+        if info.rest is not None:
+            denied, _ = authorize(rules, op.name, None)
+            calls: tuple[Call, ...] = (Call(counted=True, denied=denied),)
+            params = info.rest_doc
+            task = info.rest.task_id or a2a.task_id(op, params)
+        else:
+            assert info.body is not None
+            calls = calls_for(info.body, rules)
+            params = info.body.messages[0].params
+            task = a2a.task_id(op, params)
+        ctx = a2a.context_id(op, params)
+        now = self._clock()
+        if ctx is None and task is not None:
+            ctx = await self._store.context_of(task)
+        starts = op.name in _SESSION_STARTERS
+        if ctx is not None:
+            adm.session_id = ctx
+            outcome = await self._store.check(ctx, adm.agent, calls, limits, now)
+            first = outcome.session
+            if first is not None and first.reason is E.SESSION_NOT_FOUND and starts:
+                # A context the proxy has not seen: adopted as the caller's, under the cap.
+                held = await self._reserve(adm, limits, now, op.name)
+                if isinstance(held, Refusal):
+                    return held
+                await self._store.bind(held, ctx, adm.agent, "a2a", limits, now)
+                self._metrics.sessions_opened.inc("a2a")
+                outcome = await self._store.check(ctx, adm.agent, calls, limits, now)
+            elif first is not None and first.reason is E.SESSION_NOT_FOUND:
+                return self._pure_only(adm, info, calls)  # a filter on an unknown context
+            if outcome.session is not None:
+                return self._deny(adm, outcome.session, op.name, None)
+            return self._apply(adm, info, list(outcome.calls), calls)
+        verdict = self._pure_only(adm, info, calls)
+        if isinstance(verdict, Refusal):
+            return verdict
+        counted = sum(1 for c in calls if c.counted)
+        if task is not None:
+            adm.adopt_after, adm.adopt_counted = True, counted
+        elif starts:
+            held = await self._reserve(adm, limits, now, op.name)
+            if isinstance(held, Refusal):
+                return held
+            adm.reservation, adm.adopt_counted = held, counted
+        return verdict
+
+    def _pure_only(self, adm: Admission, info: Classified, calls: tuple[Call, ...]) -> Verdict:
+        if info.body is None:  # REST: one call
+            denial = _pure(calls[0])
+            return adm if denial is None else self._deny(adm, denial, None, None)
+        return self._apply(adm, info, [_pure(c) for c in calls], calls)
+
+    async def _reserve(
+        self, adm: Admission, limits: Limits, now: float, method: str
+    ) -> str | Refusal:
+        held = await self._store.reserve(adm.agent, limits, now)
+        if isinstance(held, str):
+            return held
+        error = self._record(adm, held, method, None)
+        if error is not None:
+            return Refusal(error)
+        held = await self._store.reserve(adm.agent, replace(limits, max_per_agent=_UNCAPPED), now)
+        assert isinstance(held, str)  # audit: the session is born anyway, past the cap
+        return held
+
+    async def learn(self, adm: Admission, results: list[Any]) -> None:
+        """A2A results seen in a response: bind the new session, link tasks to contexts."""
+        if not adm.learns:
+            return
+        try:
+            for result in results:
+                ctx, task = a2a.ids_from_result(result)
+                if ctx is None:
+                    continue
+                now = self._clock()
+                if adm.reservation is not None:
+                    reservation, adm.reservation = adm.reservation, None
+                    assert adm.limits is not None
+                    await self._store.bind(
+                        reservation,
+                        ctx,
+                        adm.agent,
+                        "a2a",
+                        adm.limits,
+                        now,
+                        counted=adm.adopt_counted,
+                    )
+                    adm.session_id = ctx
+                    self._metrics.sessions_opened.inc("a2a")
+                elif adm.adopt_after:
+                    adm.adopt_after = False
+                    assert adm.limits is not None
+                    held = await self._store.reserve(
+                        adm.agent, replace(adm.limits, max_per_agent=_UNCAPPED), now
+                    )
+                    assert isinstance(held, str)  # the upstream already served it
+                    await self._store.bind(
+                        held, ctx, adm.agent, "a2a", adm.limits, now, counted=adm.adopt_counted
+                    )
+                    adm.session_id = ctx
+                if task is not None:
+                    await self._store.link_task(task, ctx, now)
+        except StoreUnavailable as exc:
+            log.error("session store unavailable while binding", extra={"error": str(exc)})
+
+    async def finish(self, adm: Admission) -> None:
+        """After the response: a reservation no result bound is released."""
+        if adm.reservation is not None:
+            reservation, adm.reservation = adm.reservation, None
+            try:
+                await self._store.release(reservation)
+            except StoreUnavailable as exc:
+                log.error("session store unavailable while releasing", extra={"error": str(exc)})
+
     # -- element verdicts --------------------------------------------------------------------
 
     def _apply(
@@ -173,9 +299,12 @@ class Gate:
         calls: tuple[Call, ...] | None = None,
     ) -> Verdict:
         body = info.body
-        assert body is not None
         if all(d is None for d in denials):
             return adm
+        if body is None:  # REST: one operation
+            denial = denials[0]
+            assert denial is not None
+            return self._deny(adm, denial, None, None)
         messages = body.messages
         if not body.batch:
             message = messages[0]
@@ -258,7 +387,10 @@ class Gate:
         """
         extra: dict[str, str] = {}
         try:
-            if adm.reservation is not None:
+            if adm.reservation is not None and adm.learns:
+                if status is None or not 200 <= status < 300:
+                    await self.finish(adm)
+            elif adm.reservation is not None:
                 reservation, adm.reservation = adm.reservation, None
                 if status is not None and 200 <= status < 300:
                     sid = (upstream_headers or {}).get(mcp.SESSION_HEADER) or None

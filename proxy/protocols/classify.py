@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from proxy.protocols import a2a, jsonrpc, mcp
 
@@ -42,10 +42,21 @@ class Classified:
     body: jsonrpc.Body | None = None
     invalid: jsonrpc.Invalid | None = None
     rest: a2a.RestMatch | None = None
+    rest_doc: Any = None  # the parsed JSON body of an A2A REST request
 
     @property
     def request_ids(self) -> tuple[jsonrpc.JsonRpcId, ...]:
         return self.body.request_ids if self.body is not None else ()
+
+    @property
+    def a2a_op(self) -> a2a.A2aOp | None:
+        """The A2A operation: of the REST route, or of the (first) JSON-RPC method."""
+        if self.protocol != "a2a":
+            return None
+        if self.rest is not None:
+            return self.rest.op
+        method = self.body.first_method if self.body is not None else None
+        return a2a.op_for_method(method) if method is not None else None
 
 
 def _protocol_of_method(method: str | None) -> Protocol:
@@ -84,7 +95,17 @@ def classify(
     if forced != "mcp":
         rest = a2a.classify_rest(method, path)
         if rest is not None:
-            return Classified("a2a", Binding.REST, rest=rest)
+            if not body or not body.strip():
+                return Classified("a2a", Binding.REST, rest=rest)
+            try:
+                doc = jsonrpc.loads_strict(body)
+            except jsonrpc.DuplicateKeyError:
+                invalid = jsonrpc.Invalid(False, None, "duplicate key in JSON object")
+                return Classified("a2a", Binding.REST, invalid=invalid, rest=rest)
+            except (ValueError, RecursionError):
+                invalid = jsonrpc.Invalid(True, None, "body is not valid JSON")
+                return Classified("a2a", Binding.REST, invalid=invalid, rest=rest)
+            return Classified("a2a", Binding.REST, rest=rest, rest_doc=doc)
     if body is not None and (
         is_json_type(headers.get("Content-Type", "")) or looks_like_json(body)
     ):

@@ -150,6 +150,14 @@ class SessionStore(Protocol):
 
     async def get(self, session_id: str) -> SessionInfo | None: ...
 
+    async def link_task(self, task_id: str, context_id: str, now: float) -> None:
+        """Remember that an A2A task belongs to a context (a session), as a response said."""
+        ...
+
+    async def context_of(self, task_id: str) -> str | None:
+        """The context a task was linked to, if the store still knows it."""
+        ...
+
     async def sessions(self, now: float) -> list[SessionInfo]:
         """Live sessions (not closed, not expired)."""
         ...

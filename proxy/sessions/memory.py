@@ -122,6 +122,10 @@ def _refill(s: _Session, per_minute: int, now: float) -> float:
     return per_minute if tokens > per_minute else tokens
 
 
+TASK_LINKS = 200_000
+"""A2A task-to-context links kept (most recent first); about 150 bytes each."""
+
+
 class MemoryStore:
     """Sessions and counters in this process's memory.
 
@@ -163,6 +167,7 @@ class MemoryStore:
         self._agents: dict[str, _Agent] = {}  # only agents holding a session or reservation
         self._pending: OrderedDict[str, _Agent] = OrderedDict()  # in the order they lapse
         self._heap: list[tuple[float, str]] = []  # (deadline, session id)
+        self._tasks: OrderedDict[str, str] = OrderedDict()  # A2A task id -> context id
         self._serial = itertools.count(1)
 
     # --- the cap ------------------------------------------------------------------------
@@ -298,6 +303,17 @@ class MemoryStore:
     async def get(self, session_id: str) -> SessionInfo | None:
         s = self._live.get(session_id) or self._ended.get(session_id)
         return None if s is None else s.info()
+
+    async def link_task(self, task_id: str, context_id: str, now: float) -> None:
+        tasks = self._tasks
+        if task_id in tasks:
+            tasks.move_to_end(task_id)
+        tasks[task_id] = context_id
+        if len(tasks) > TASK_LINKS:  # bounded: the oldest links go first
+            tasks.popitem(last=False)
+
+    async def context_of(self, task_id: str) -> str | None:
+        return self._tasks.get(task_id)
 
     async def sessions(self, now: float) -> list[SessionInfo]:
         return [s.info() for s in self._live.values() if _deadline(s, s.limits) > now]

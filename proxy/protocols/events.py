@@ -1,0 +1,68 @@
+"""What a relayed event stream has delivered so far: answers, A2A terminal events, results."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from proxy.protocols import a2a, jsonrpc
+from proxy.protocols.sse import event_data
+
+
+class StreamWatch:
+    """Reads whole SSE events as they are relayed (never holds them back).
+
+    ``complete`` says whether the stream delivered what it owes: an answer for every
+    pending JSON-RPC id (MCP), or a terminal event (A2A streaming operations, both
+    bindings). A stream that ends while incomplete was cut.
+    """
+
+    __slots__ = ("_a2a_stream", "_jsonrpc", "_pending", "_terminal")
+
+    def __init__(
+        self, pending: set[jsonrpc.JsonRpcId] | None, *, jsonrpc_binding: bool, a2a_stream: bool
+    ) -> None:
+        self._pending = pending
+        self._jsonrpc = jsonrpc_binding
+        self._a2a_stream = a2a_stream
+        self._terminal = False
+
+    @property
+    def complete(self) -> bool:
+        if self._a2a_stream:
+            return self._terminal
+        return not self._pending
+
+    @property
+    def pending(self) -> tuple[jsonrpc.JsonRpcId, ...]:
+        return tuple(self._pending) if self._pending else ()
+
+    def feed(self, events: bytes) -> list[Any]:
+        """Results carried by ``events`` (whole events), in order."""
+        results: list[Any] = []
+        for data in event_data(events):
+            try:
+                doc = json.loads(data)
+            except ValueError:
+                continue
+            if not self._jsonrpc:  # REST stream: each event is a StreamResponse
+                results.append(doc)
+                if self._a2a_stream and a2a.is_terminal_event(doc):
+                    self._terminal = True
+                continue
+            items = doc if isinstance(doc, list) else [doc]
+            for item in items:
+                if not isinstance(item, dict) or "method" in item or "id" not in item:
+                    continue
+                if "error" in item:
+                    self._terminal = True
+                elif "result" in item:
+                    result = item["result"]
+                    results.append(result)
+                    if self._a2a_stream and a2a.is_terminal_event(result):
+                        self._terminal = True
+                else:
+                    continue
+                if self._pending and not self._a2a_stream:
+                    self._pending.discard(item["id"])
+        return results
