@@ -89,7 +89,11 @@ async def _serve(settings: Settings, runtime: Runtime) -> None:
 
 async def _listen(settings: Settings, runtime: Runtime) -> None:
     proxy_runner = web.AppRunner(
-        build_proxy_app(runtime), access_log=None, shutdown_timeout=settings.grace_period
+        build_proxy_app(runtime),
+        access_log=None,
+        shutdown_timeout=settings.grace_period,
+        # A client that leaves ends its handler, and so the upstream request or stream.
+        handler_cancellation=True,
     )
     admin_runner = web.AppRunner(build_admin_app(runtime), access_log=None, shutdown_timeout=1.0)
     await proxy_runner.setup()

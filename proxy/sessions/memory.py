@@ -237,7 +237,11 @@ class MemoryStore:
                 return _NOT_FOUND
             if gone.agent != agent:
                 return _MISMATCH
-            return _CLOSED if gone.ended is E.SESSION_CLOSED else _EXPIRED
+            if gone.ended is E.SESSION_CLOSED:
+                return _CLOSED
+            # Which limit ended it, for the operator's log: judged as when it ended.
+            why = _expiry(gone, gone.limits, max(gone.ended_at, _deadline(gone, gone.limits)))
+            return _EXPIRED if why is None else Outcome(session=why)
         if s.agent != agent:
             return _MISMATCH
         expired = _expiry(s, limits, now)

@@ -19,7 +19,7 @@ StartUpstream = Callable[[web.Application], Awaitable[str]]
 
 
 async def _serve(app: web.Application, runners: list[web.AppRunner]) -> str:
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
