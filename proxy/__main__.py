@@ -27,6 +27,7 @@ _RUN_FLAGS: tuple[tuple[str, str], ...] = (
     ("--admin", "HOST:PORT of the admin listener (default 127.0.0.1:9901)"),
     ("--policy", "policy file (YAML); without it the built-in default policy applies"),
     ("--protocol", "auto, mcp or a2a (default auto)"),
+    ("--public-url", "the proxy's URL as agents reach it; A2A agent cards are rewritten to it"),
     ("--connect-timeout", "upstream connect timeout (default 5s)"),
     ("--response-timeout", "time allowed until the upstream's response headers (default 120s)"),
     ("--stream-idle-timeout", "silence allowed inside a streamed response (default 300s)"),

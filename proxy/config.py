@@ -37,6 +37,7 @@ class Settings:
     admin: Address = Address("127.0.0.1", 9901)
     policy: str | None = None
     protocol: Protocol = "auto"
+    public_url: str | None = None  # the proxy's address as A2A clients reach it
     connect_timeout: float = 5.0
     response_timeout: float = 120.0  # time to the upstream's response headers
     stream_idle_timeout: float = 300.0  # silence allowed inside a streamed body
@@ -66,21 +67,21 @@ def parse_address(value: str, what: str) -> Address:
     return Address(host, port)
 
 
-def parse_upstream(value: str) -> URL:
+def parse_upstream(value: str, what: str = "--upstream") -> URL:
     try:
         url = URL(value.strip())
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"--upstream: bad URL {value!r}: {exc}") from None
+        raise ConfigError(f"{what}: bad URL {value!r}: {exc}") from None
     if url.scheme not in ("http", "https"):
-        raise ConfigError(f"--upstream: URL must start with http:// or https://, got {value!r}")
+        raise ConfigError(f"{what}: URL must start with http:// or https://, got {value!r}")
     if not url.host:
-        raise ConfigError(f"--upstream: URL has no host: {value!r}")
+        raise ConfigError(f"{what}: URL has no host: {value!r}")
     try:
         _ = url.port
     except ValueError:
-        raise ConfigError(f"--upstream: bad port in {value!r}") from None
+        raise ConfigError(f"{what}: bad port in {value!r}") from None
     if url.query_string or url.fragment:
-        raise ConfigError(f"--upstream: URL must not carry a query or fragment: {value!r}")
+        raise ConfigError(f"{what}: URL must not carry a query or fragment: {value!r}")
     return url
 
 
@@ -140,12 +141,16 @@ def from_options(options: Mapping[str, str | None]) -> Settings:
         return default if value is None else seconds(value, "--" + name.replace("_", "-"))
 
     max_body = opt("max_body_size")
+    public = opt("public_url")
+    if public is not None:
+        public = str(parse_upstream(public, "--public-url")).rstrip("/")
     return Settings(
         upstream=parse_upstream(upstream),
         listen=parse_address(listen, "--listen") if listen else defaults.listen,
         admin=parse_address(admin, "--admin") if admin else defaults.admin,
         policy=opt("policy"),
         protocol=protocol,
+        public_url=public,
         connect_timeout=dur("connect_timeout", defaults.connect_timeout),
         response_timeout=dur("response_timeout", defaults.response_timeout),
         stream_idle_timeout=dur("stream_idle_timeout", defaults.stream_idle_timeout),

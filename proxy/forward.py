@@ -41,6 +41,7 @@ from proxy.errors import (
 from proxy.gate import Admission, Gate, Refusal
 from proxy.metrics import HTTP_METHODS, OTHER, Metrics, RequestOutcome
 from proxy.protocols import a2a, jsonrpc, mcp
+from proxy.protocols.card import card_is_signed, rewrite_card
 from proxy.protocols.classify import Binding, Classified, Protocol, classify, reads_body
 from proxy.protocols.events import StreamWatch
 from proxy.protocols.mcp import SESSION_HEADER
@@ -130,6 +131,7 @@ class Forwarder:
         self._gate = gate
         self._hint: Protocol = "unknown"  # what earlier requests revealed about the upstream
         self._base = str(settings.upstream).rstrip("/")
+        self._public_url = settings.public_url
         self._upstream_host = settings.upstream.host or ""
 
     # -- request side -------------------------------------------------------------------
@@ -324,6 +326,8 @@ class Forwarder:
             return await self._checked_jsonrpc(request, info, resp, headers, verdict)
         if streaming:
             return await self._relay_events(request, info, resp, headers, verdict, None)
+        if self._public_url is not None and _is_card_request(request, info):
+            return await self._card(request, info, resp, headers)
         if info.binding is Binding.REST and verdict.learns:
             return await self._checked_rest(request, info, resp, headers, verdict)
         return await self._relay(request, resp, headers)
@@ -392,7 +396,41 @@ class Forwarder:
         if verdict.learns:
             items = doc if isinstance(doc, list) else [doc]
             await self._gate.learn(verdict, [i["result"] for i in items if "result" in i])
+            if (
+                self._public_url is not None
+                and info.a2a_op is a2a.GET_EXTENDED_AGENT_CARD
+                and isinstance(doc, dict)
+                and (card := self._moved_card(doc.get("result"))) is not None
+            ):
+                data = _dumps({**doc, "result": card})
         return web.Response(body=data, status=resp.status, reason=resp.reason, headers=headers)
+
+    async def _card(
+        self,
+        request: web.Request,
+        info: Classified,
+        resp: ClientResponse,
+        headers: CIMultiDict[str],
+    ) -> web.StreamResponse:
+        """An agent card whose interface URLs point at the upstream: moved to the proxy."""
+        try:
+            data, whole = await self._read_bounded(resp)
+        except (ClientPayloadError, ClientConnectionError, TimeoutError) as exc:
+            return self._upstream_error(info, exc)
+        card = self._moved_card(_json_or_none(data)) if whole and not _encoded(resp) else None
+        if card is None:
+            return web.Response(body=data, status=resp.status, reason=resp.reason, headers=headers)
+        headers.popall(hdrs.ETAG, None)  # the representation changed
+        return web.Response(
+            body=_dumps(card), status=resp.status, reason=resp.reason, headers=headers
+        )
+
+    def _moved_card(self, doc: Any) -> dict[str, object] | None:
+        assert self._public_url is not None
+        card = rewrite_card(doc, self._base, self._public_url)
+        if card is not None and card_is_signed(doc):
+            log.warning("agent card signatures no longer match its rewritten URLs")
+        return card
 
     async def _checked_rest(
         self,
@@ -655,6 +693,16 @@ def _method_label(info: Classified, http_method: str) -> str:
             return method
         return OTHER
     return _http_label(http_method)
+
+
+def _dumps(doc: Any) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _is_card_request(request: web.Request, info: Classified) -> bool:
+    if request.method != "GET":
+        return False
+    return a2a.is_agent_card_path(request.path) or info.a2a_op is a2a.GET_EXTENDED_AGENT_CARD
 
 
 def _json_response(doc: Any) -> web.Response:

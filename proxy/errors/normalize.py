@@ -66,7 +66,7 @@ _TASK_PATH: Final = re.compile(r"/tasks/[^/]+")
 _PUSH_CONFIG_PATH: Final = re.compile(r"/tasks/[^/]+/pushNotificationConfigs(?:/|$)")
 
 
-def _error_info(reason: E, domain: str) -> dict[str, object]:
+def _error_info(reason: E, domain: str) -> dict[str, Any]:
     return error_details(WardenError(reason), domain=domain)[0]
 
 
@@ -95,7 +95,7 @@ def _completed_details(details: object, reason: E, domain: str) -> list[object] 
 # --- JSON-RPC binding ---------------------------------------------------------------
 
 
-def _normalized_response(item: object) -> dict[str, object] | None:
+def _normalized_response(item: object) -> dict[str, Any] | None:
     if not isinstance(item, dict):
         return None
     error = item.get("error")
@@ -104,13 +104,14 @@ def _normalized_response(item: object) -> dict[str, object] | None:
     reason = A2A_BY_JSONRPC_CODE.get(error["code"])
     if reason is None:
         return None
+    # Every A2A row renders its ErrorInfo with a2a-protocol.org, whatever domain is passed.
     data = _completed_details(error.get("data"), reason, DEFAULT_DOMAIN)
     if data is None:
         return None
     return {**item, "error": {**error, "data": data}}
 
 
-def normalize_jsonrpc_error(doc: object) -> dict[str, object] | list[object] | None:
+def normalize_jsonrpc_error(doc: object) -> dict[str, Any] | list[Any] | None:
     """A parsed JSON-RPC response (object or batch) with its A2A errors completed.
 
     For each error whose code is an A2A one (-32001..-32009): `data` becomes an array
@@ -121,7 +122,7 @@ def normalize_jsonrpc_error(doc: object) -> dict[str, object] | list[object] | N
     """
     if isinstance(doc, list):
         changed = False
-        out: list[object] = []
+        out: list[Any] = []
         for item in doc:
             fixed = _normalized_response(item)
             changed = changed or fixed is not None
@@ -198,7 +199,7 @@ def is_aip193(doc: object) -> TypeGuard[dict[str, Any]]:
 
 def complete_aip193(
     doc: object, reason: E, *, domain: str = DEFAULT_DOMAIN
-) -> dict[str, object] | None:
+) -> dict[str, Any] | None:
     """An AIP-193 body given the ErrorInfo it lacks, or None when complete (or no AIP-193).
 
     `reason` is the caller's pick for this status, usually

@@ -29,7 +29,7 @@ Decisions:
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 from urllib.parse import SplitResult, urlsplit
 
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
@@ -103,7 +103,7 @@ def _moved_interfaces(interfaces: object, mover: _Mover) -> list[object] | None:
     return out if changed else None
 
 
-def rewrite_card(doc: object, upstream: str, public_url: str) -> dict[str, object] | None:
+def rewrite_card(doc: object, upstream: str, public_url: str) -> dict[str, Any] | None:
     """The card with every interface URL under `upstream` moved under `public_url`.
 
     `upstream` is the proxy's upstream base URL, `public_url` the proxy's public one.
