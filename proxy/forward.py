@@ -38,6 +38,13 @@ from proxy.errors import (
     render_sse_aip193,
     render_sse_jsonrpc,
 )
+from proxy.errors.normalize import (
+    complete_aip193,
+    is_aip193,
+    legacy_rest_reason,
+    normalize_jsonrpc_error,
+    rest_reason_for_jsonrpc_code,
+)
 from proxy.gate import Admission, Gate, Refusal
 from proxy.metrics import HTTP_METHODS, OTHER, Metrics, RequestOutcome
 from proxy.protocols import a2a, jsonrpc, mcp
@@ -316,7 +323,7 @@ class Forwarder:
         if request.method == "HEAD" or status in (204, 304) or status < 200:
             return web.Response(status=status, reason=resp.reason, headers=headers)
         if status >= 400:
-            return await self._error_status(info, resp, headers)
+            return await self._error_status(request, info, resp, headers)
         if status >= 300:
             return await self._relay(request, resp, headers)
         ids = info.request_ids
@@ -393,6 +400,8 @@ class Forwarder:
         doc = _json_or_none(data)
         if doc is None or not jsonrpc.is_response(doc):
             return self._invalid_response(request, info, resp)
+        if info.protocol == "a2a" and (fixed := normalize_jsonrpc_error(doc)) is not None:
+            data = _dumps(fixed)
         if verdict.learns:
             items = doc if isinstance(doc, list) else [doc]
             await self._gate.learn(verdict, [i["result"] for i in items if "result" in i])
@@ -465,20 +474,31 @@ class Forwarder:
         return self._error(info, WardenError(err))
 
     async def _error_status(
-        self, info: Classified, resp: ClientResponse, headers: CIMultiDict[str]
+        self,
+        request: web.Request,
+        info: Classified,
+        resp: ClientResponse,
+        headers: CIMultiDict[str],
     ) -> web.StreamResponse:
         try:
             data, whole = await self._read_bounded(resp)
         except (ClientPayloadError, ClientConnectionError, TimeoutError) as exc:
             return self._upstream_error(info, exc)
         doc = _json_or_none(data) if whole and not _encoded(resp) else None
-        if info.binding is Binding.JSONRPC:
-            conformant = doc is not None and jsonrpc.is_error_response(doc)
-        else:
-            conformant = doc is not None and _is_aip193(doc)
-        if conformant:
-            return web.Response(body=data, status=resp.status, reason=resp.reason, headers=headers)
         status = resp.status
+        a2a_side = info.protocol == "a2a"
+        if info.binding is Binding.JSONRPC and doc is not None and jsonrpc.is_error_response(doc):
+            if a2a_side and (fixed := normalize_jsonrpc_error(doc)) is not None:
+                data = _dumps(fixed)
+            return web.Response(body=data, status=status, reason=resp.reason, headers=headers)
+        # The A2A reason a legacy REST answer means (errors.md section 5), if any.
+        reason = legacy_rest_reason(status, info.rest, request.path) if a2a_side else None
+        if info.binding is not Binding.JSONRPC and is_aip193(doc):
+            style = self._style()
+            fixed = complete_aip193(doc, reason or E.UPSTREAM_ERROR, domain=style.domain)
+            if fixed is not None:
+                data = _dumps(fixed)
+            return web.Response(body=data, status=status, reason=resp.reason, headers=headers)
         log.warning(
             "upstream error status with a non-conformant body rewritten",
             extra={"status": status, "content_type": resp.content_type},
@@ -492,11 +512,16 @@ class Forwarder:
             # MCP: a 404 to a request carrying a session id means the session is gone.
             rendered = self._render(info, WardenError(E.SESSION_NOT_FOUND))
         else:
-            err = WardenError(
-                E.UPSTREAM_ERROR,
-                message=_upstream_message(doc),
-                status_override=code_for_upstream_status(status),
-            )
+            if a2a_side and reason is None:
+                reason = _rest_reason_of_jsonrpc_body(doc)
+            if reason is not None:
+                err = WardenError(reason)
+            else:
+                err = WardenError(
+                    E.UPSTREAM_ERROR,
+                    message=_upstream_message(doc),
+                    status_override=code_for_upstream_status(status),
+                )
             rendered = self._render(info, err)
             if status == 401 and info.binding is Binding.JSONRPC:
                 # An auth challenge must reach the client as one (MCP authorization).
@@ -591,7 +616,7 @@ class Forwarder:
                     "upstream event stream ended before its final event",
                     extra={"path": request.path, "cut": interrupted},
                 )
-                await out.write(self._interrupted_events(info, watch.pending))
+                await out.write(self._interrupted_events(info, watch.pending or info.request_ids))
             elif splitter.pending:
                 await out.write(splitter.pending)
             await out.write_eof()
@@ -728,16 +753,11 @@ def _json_or_none(data: bytes) -> Any:
         return None
 
 
-def _is_aip193(doc: Any) -> bool:
-    if not isinstance(doc, dict):
-        return False
-    error = doc.get("error")
-    return (
-        isinstance(error, dict)
-        and isinstance(error.get("code"), int)
-        and isinstance(error.get("message"), str)
-        and isinstance(error.get("status"), str)
-    )
+def _rest_reason_of_jsonrpc_body(doc: Any) -> E | None:
+    """A REST error body shaped like a JSON-RPC error object: its code names the reason."""
+    error = doc.get("error") if isinstance(doc, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return rest_reason_for_jsonrpc_code(code) if isinstance(code, int) else None
 
 
 def _upstream_message(doc: Any) -> str | None:

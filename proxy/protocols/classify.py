@@ -59,12 +59,18 @@ class Classified:
         return a2a.op_for_method(method) if method is not None else None
 
 
-def _protocol_of_method(method: str | None) -> Protocol:
+def _protocol_of_method(method: str | None, params: Any) -> Protocol:
     if method is None:
         return "unknown"
     is_mcp = mcp.is_mcp_method(method)
     is_a2a = a2a.op_for_method(method) is not None
     if is_mcp and is_a2a:  # tasks/get and tasks/cancel: MCP 2025-11-25 and A2A 0.3 alike
+        # MCP names the task `taskId`, A2A 0.3 `id`.
+        if isinstance(params, dict):
+            if "taskId" in params:
+                return "mcp"
+            if "id" in params:
+                return "a2a"
         return "unknown"
     if is_mcp:
         return "mcp"
@@ -95,7 +101,9 @@ def classify(
     if forced != "mcp":
         rest = a2a.classify_rest(method, path)
         if rest is not None:
-            if not body or not body.strip():
+            if not body or not (
+                is_json_type(headers.get("Content-Type", "")) or looks_like_json(body)
+            ):  # nothing to read; a wrong content type is the agent's to refuse
                 return Classified("a2a", Binding.REST, rest=rest)
             try:
                 doc = jsonrpc.loads_strict(body)
@@ -116,7 +124,8 @@ def classify(
         if forced != "auto":
             protocol = forced
         else:
-            protocol = _protocol_of_method(parsed.first_method)
+            params = next((m.params for m in parsed.messages if m.method is not None), None)
+            protocol = _protocol_of_method(parsed.first_method, params)
             if protocol == "unknown":
                 protocol = _protocol_of_headers(headers)
             if protocol == "unknown":

@@ -15,13 +15,13 @@ from proxy.config import Address, Settings
 from proxy.policy import DEFAULT_POLICY, PolicyFile
 
 StartProxy = Callable[..., Awaitable[str]]
-StartUpstream = Callable[[web.Application], Awaitable[str]]
+StartUpstream = Callable[..., Awaitable[str]]
 
 
-async def _serve(app: web.Application, runners: list[web.AppRunner]) -> str:
+async def _serve(app: web.Application, runners: list[web.AppRunner], port: int = 0) -> str:
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5, handler_cancellation=True)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     runners.append(runner)
     return f"http://127.0.0.1:{site.port}"
@@ -29,11 +29,11 @@ async def _serve(app: web.Application, runners: list[web.AppRunner]) -> str:
 
 @pytest.fixture
 async def start_upstream() -> AsyncIterator[StartUpstream]:
-    """Serves an aiohttp application on a free loopback port; returns its base URL."""
+    """Serves an aiohttp application on loopback (a free port by default); returns its URL."""
     runners: list[web.AppRunner] = []
 
-    async def start(app: web.Application) -> str:
-        return await _serve(app, runners)
+    async def start(app: web.Application, port: int = 0) -> str:
+        return await _serve(app, runners, port)
 
     yield start
     for runner in reversed(runners):
