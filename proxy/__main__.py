@@ -17,6 +17,7 @@ from proxy import __version__, logs
 from proxy.app import Runtime, build_admin_app, build_proxy_app, services
 from proxy.config import ConfigError, Settings, env_name, from_options
 from proxy.policy import DEFAULT_POLICY, PolicyError, check_files, load_policy
+from proxy.telemetry import Telemetry
 
 log = logging.getLogger("agent_warden")
 
@@ -144,6 +145,7 @@ def _run(args: argparse.Namespace) -> int:
     logs.setup(settings.log_level)
     policy = load_policy(settings.policy) if settings.policy else DEFAULT_POLICY
     runtime = Runtime(settings=settings, policy=policy)
+    runtime.telemetry = Telemetry.from_env(runtime.metrics)
     runtime.set_policy(policy)
     try:
         import uvloop  # type: ignore[import-not-found]  # optional, faster loop

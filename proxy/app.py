@@ -22,6 +22,7 @@ from proxy.policy import PolicyError, PolicyFile
 from proxy.policy.watch import PolicyWatcher
 from proxy.sessions.base import SessionStore
 from proxy.sessions.memory import MemoryStore
+from proxy.telemetry import Telemetry
 
 log = logging.getLogger("agent_warden")
 
@@ -36,6 +37,7 @@ class Runtime:
     policy: PolicyFile
     store: SessionStore = field(default_factory=MemoryStore)
     metrics: Metrics = field(default_factory=Metrics)
+    telemetry: Telemetry = field(default_factory=Telemetry)
     ready: bool = False
     draining: bool = False
     error_style: ErrorStyle = field(default_factory=ErrorStyle)
@@ -83,7 +85,12 @@ async def _upstream_client(app: web.Application) -> AsyncIterator[None]:
         cookie_jar=None,
     )
     app[FORWARDER] = Forwarder(
-        settings, client, lambda: runtime.error_style, runtime.gate(), runtime.metrics
+        settings,
+        client,
+        lambda: runtime.error_style,
+        runtime.gate(),
+        runtime.metrics,
+        runtime.telemetry,
     )
     try:
         yield
@@ -227,6 +234,8 @@ async def services(runtime: Runtime) -> AsyncIterator[None]:
         if watcher is not None:
             await watcher.stop()
         await runtime.store.aclose()
+        # Flushes the span and metric exporters (blocking, bounded by their own timeouts).
+        await asyncio.to_thread(runtime.telemetry.shutdown)
 
 
 __all__ = ["RUNTIME", "Runtime", "build_admin_app", "build_proxy_app", "services"]

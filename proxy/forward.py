@@ -45,6 +45,7 @@ from proxy.errors.normalize import (
     normalize_jsonrpc_error,
     rest_reason_for_jsonrpc_code,
 )
+from proxy.errors.render import jsonrpc_code
 from proxy.gate import Admission, Gate, Refusal
 from proxy.metrics import HTTP_METHODS, OTHER, Metrics, RequestOutcome
 from proxy.protocols import a2a, jsonrpc, mcp
@@ -53,6 +54,14 @@ from proxy.protocols.classify import Binding, Classified, Protocol, classify, re
 from proxy.protocols.events import StreamWatch
 from proxy.protocols.mcp import SESSION_HEADER
 from proxy.protocols.sse import EventSplitter
+from proxy.telemetry import (
+    NOOP,
+    Telemetry,
+    Trace,
+    decision_attributes,
+    span_attributes,
+    trace_response,
+)
 
 log = logging.getLogger("agent_warden.forward")
 
@@ -130,8 +139,10 @@ class Forwarder:
         error_style: Callable[[], ErrorStyle],
         gate: Gate,
         metrics: Metrics,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._metrics = metrics
+        self._telemetry = telemetry or Telemetry()
         self._settings = settings
         self._client = client
         self._style = error_style
@@ -148,9 +159,19 @@ class Forwarder:
         metrics = self._metrics
         metrics.in_flight.inc()
         request[_OUTCOME] = RequestOutcome.ALLOWED
+        trace = request[_TRACE] = self._telemetry.begin(
+            request.method, request.path, request.scheme, request.host, request.headers
+        )
+        status = 500
         try:
-            return await self._handle(request)
+            response = await self._handle(request)
+            status = response.status
+            return response
+        except asyncio.CancelledError:
+            status = 499  # the client went away
+            raise
         finally:
+            trace.end(status)
             metrics.in_flight.dec()
             info = request.get(_INFO)
             if info is None:
@@ -175,16 +196,21 @@ class Forwarder:
             request.method, request.path, request.headers, body, settings.protocol, self._hint
         )
         request[_INFO] = info
+        trace = request[_TRACE]
+        if trace is not NOOP:
+            trace.classified(*span_attributes(info, request.headers))
         if info.invalid is not None:
             request[_OUTCOME] = RequestOutcome.INVALID
             err = E.PARSE_ERROR if info.invalid.parse_error else E.INVALID_REQUEST
-            return self._error(info, WardenError(err))
+            return self._error(info, WardenError(err), trace)
         if info.protocol != "unknown" and info.binding is not Binding.OPAQUE:
             self._hint = info.protocol
         verdict = await self._gate.admit(request.method, request.headers, info)
+        if trace is not NOOP:
+            trace.decided(decision_attributes(verdict))
         if isinstance(verdict, Refusal):
             request[_OUTCOME] = RequestOutcome.DENIED
-            return self._error(info, verdict.error)
+            return self._error(info, verdict.error, trace)
         if verdict.decision != "allow":
             request[_OUTCOME] = (
                 RequestOutcome.AUDIT_DENIED
@@ -265,6 +291,8 @@ class Forwarder:
                 headers[hdrs.CONTENT_LENGTH] = str(request.content_length)
             data = self._streamed_request_body(request, overflow)
         attempts = 2 if request.method in _IDEMPOTENT and not request.body_exists else 1
+        trace = request[_TRACE]
+        trace.upstream(request.method, str(url), headers)
         started = time.perf_counter()
         for attempt in range(attempts):
             try:
@@ -280,6 +308,7 @@ class Forwarder:
                 break
             except BodyTooLarge:
                 await self._gate.settle(verdict, None, None)
+                trace.upstream_answered(None, "request_too_large")
                 return self._too_large(request)
             except ServerDisconnectedError as exc:
                 # A pooled keep-alive connection closed under us: retry idempotent requests once.
@@ -287,13 +316,14 @@ class Forwarder:
                     continue
                 await self._gate.settle(verdict, None, None)
                 request[_OUTCOME] = RequestOutcome.UPSTREAM_ERROR
-                return self._upstream_error(info, exc)
+                return self._upstream_error(info, exc, trace)
             except (ClientConnectionError, ClientResponseError, TimeoutError) as exc:
                 await self._gate.settle(verdict, None, None)
                 if overflow:
+                    trace.upstream_answered(None, "request_too_large")
                     return self._too_large(request)
                 request[_OUTCOME] = RequestOutcome.UPSTREAM_ERROR
-                return self._upstream_error(info, exc)
+                return self._upstream_error(info, exc, trace)
         self._metrics.upstream_latency.observe(time.perf_counter() - started, info.protocol)
         if resp.status >= 500:
             request[_OUTCOME] = RequestOutcome.UPSTREAM_ERROR
@@ -302,6 +332,7 @@ class Forwarder:
             return await self._respond(request, info, resp, extra, verdict)
         finally:
             resp.release()
+            trace.upstream_answered(resp.status)  # after the body: the whole upstream call
             await self._gate.finish(verdict)
 
     # -- response side ------------------------------------------------------------------
@@ -402,6 +433,9 @@ class Forwarder:
             return self._invalid_response(request, info, resp)
         if info.protocol == "a2a" and (fixed := normalize_jsonrpc_error(doc)) is not None:
             data = _dumps(fixed)
+        trace = request[_TRACE]
+        if trace is not NOOP:
+            trace_response(trace, doc)
         if verdict.learns:
             items = doc if isinstance(doc, list) else [doc]
             await self._gate.learn(verdict, [i["result"] for i in items if "result" in i])
@@ -591,6 +625,7 @@ class Forwarder:
         )
         owes = pending is not None or (op is not None and op.streaming)
         interrupted = False
+        trace = request[_TRACE]
         try:
             while True:
                 try:
@@ -607,8 +642,10 @@ class Forwarder:
                 ready = splitter.feed(chunk)
                 if ready:
                     results = watch.feed(ready)
-                    if results and verdict.learns:
-                        await self._gate.learn(verdict, results)
+                    if results:
+                        trace.results(results)
+                        if verdict.learns:
+                            await self._gate.learn(verdict, results)
                     await out.write(ready)
             if owes and (interrupted or not watch.complete):
                 # Ended before its final event: tell the client in the stream's own terms.
@@ -652,14 +689,17 @@ class Forwarder:
 
     # -- errors -------------------------------------------------------------------------
 
-    def _upstream_error(self, info: Classified, exc: BaseException) -> web.Response:
+    def _upstream_error(
+        self, info: Classified, exc: BaseException, trace: Trace = NOOP
+    ) -> web.Response:
         reason = upstream_failure(exc)
         self._metrics.upstream_failures.inc(reason.name)
+        trace.upstream_answered(None, reason.name)
         log.warning(
             "upstream request failed",
             extra={"reason": reason.name, "error": type(exc).__name__, "detail": str(exc)[:200]},
         )
-        return self._error(info, WardenError(reason))
+        return self._error(info, WardenError(reason), trace)
 
     def _render(self, info: Classified, err: WardenError) -> Rendered:
         style = self._style()
@@ -696,11 +736,14 @@ class Forwarder:
         body = json.dumps(batch, separators=(",", ":")).encode()
         return Rendered(single.status, single.headers, body)
 
-    def _error(self, info: Classified, err: WardenError) -> web.Response:
+    def _error(self, info: Classified, err: WardenError, trace: Trace = NOOP) -> web.Response:
+        if trace is not NOOP:
+            trace.rpc_error(jsonrpc_code(err, mcp=info.protocol == "mcp"))
         return _to_response(self._render(info, err))
 
 
 _OUTCOME = web.RequestKey("agent_warden.outcome", RequestOutcome)
+_TRACE = web.RequestKey("agent_warden.trace", Trace)
 _INFO = web.RequestKey("agent_warden.info", Classified)
 
 

@@ -32,13 +32,6 @@ _UNCAPPED = 2**31 - 1
 _SESSION_STARTERS = frozenset({a2a.SEND_MESSAGE.name, a2a.SEND_STREAMING_MESSAGE.name})
 
 
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """The whole request is answered by the proxy with this error."""
-
-    error: WardenError
-
-
 @dataclass(slots=True)
 class Admission:
     """A request allowed through (wholly or in part), and what to do around the forward."""
@@ -59,6 +52,14 @@ class Admission:
     learns: bool = False  # A2A: results reveal contexts and tasks to bind and link
     adopt_counted: int = 0  # A2A: calls charged to a session bound from a result
     adopt_after: bool = False  # A2A: an unseen task; its context is adopted from the result
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """The whole request is answered by the proxy with this error."""
+
+    error: WardenError
+    admission: Admission  # who asked, under which policy: for the trace
 
 
 Verdict = Admission | Refusal
@@ -144,7 +145,7 @@ class Gate:
                 if isinstance(held, Denial):
                     error = self._record(adm, held, mcp.INITIALIZE, None)
                     if error is not None:
-                        return Refusal(error)
+                        return Refusal(error, adm)
                     # Audit: the session is born anyway, past the cap.
                     held = await self._store.reserve(
                         adm.agent, replace(limits, max_per_agent=_UNCAPPED), now
@@ -235,7 +236,7 @@ class Gate:
             return held
         error = self._record(adm, held, method, None)
         if error is not None:
-            return Refusal(error)
+            return Refusal(error, adm)
         held = await self._store.reserve(adm.agent, replace(limits, max_per_agent=_UNCAPPED), now)
         assert isinstance(held, str)  # audit: the session is born anyway, past the cap
         return held
@@ -374,7 +375,7 @@ class Gate:
     ) -> Verdict:
         """The whole request: refused, or (audit) admitted as it is."""
         error = self._record(adm, denial, method, tool)
-        return adm if error is None else Refusal(error)
+        return adm if error is None else Refusal(error, adm)
 
     # -- after the upstream answered -----------------------------------------------------------
 

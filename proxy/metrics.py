@@ -334,6 +334,8 @@ class Histogram(_Instrument):
         if any(a >= b for a, b in pairwise(bounds)):
             raise ValueError(f"{name}: bucket bounds must be strictly increasing")
         self.bounds = bounds
+        self.mirror: Callable[[float, LabelValues], None] | None = None
+        """Also records each observation elsewhere (the OTLP export, when configured)."""
         # Per series: one count per bucket (the last is +Inf), then the sum.
         self._series: dict[LabelValues, list[float]] = {}
         if not self.label_names:
@@ -351,6 +353,8 @@ class Histogram(_Instrument):
             state = self._series[self._series_key(label_values)] = self._empty()
         state[bisect_left(self.bounds, value)] += 1
         state[-1] += value
+        if self.mirror is not None:
+            self.mirror(value, label_values)
 
     def series_names(self) -> tuple[str, ...]:
         return tuple(self.name + suffix for suffix in ("", "_bucket", "_sum", "_count"))

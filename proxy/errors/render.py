@@ -159,7 +159,8 @@ def _id_json(request_id: JsonRpcId) -> str:
     return _dumps(request_id)
 
 
-def _jsonrpc_code(err: WardenError, mcp: bool) -> int:
+def jsonrpc_code(err: WardenError, *, mcp: bool = False) -> int:
+    """The JSON-RPC code of ``err`` as rendered (MCP session-gone: -32005)."""
     if mcp and err.spec in SESSION_GONE:
         return MCP_SESSION_GONE_CODE
     return err.spec.value.jsonrpc_code
@@ -196,7 +197,7 @@ def _jsonrpc_json(
     fixed = _fixed(err.spec, domain, a2a_spec)
     return (
         f'{{"jsonrpc":"2.0","id":{_id_json(request_id)},"error":{{'
-        f'"code":{_jsonrpc_code(err, mcp)},"message":{_message_json(err, fixed)},'
+        f'"code":{jsonrpc_code(err, mcp=mcp)},"message":{_message_json(err, fixed)},'
         f'"data":[{_details_json(err, fixed)}]}}}}'
     )
 
@@ -252,7 +253,7 @@ def jsonrpc_error_object(
         "jsonrpc": "2.0",
         "id": request_id,
         "error": {
-            "code": _jsonrpc_code(err, mcp),
+            "code": jsonrpc_code(err, mcp=mcp),
             "message": err.wire_message,
             "data": error_details(err, domain=domain),
         },
