@@ -177,6 +177,7 @@ class Gate:
         limits = limits_for(rules)
         adm.limits = limits
         adm.learns = True
+        sent: str | None = None  # the method name the caller used (REST: none)
         if info.rest is not None:
             denied, _ = authorize(rules, op.name, None)
             calls: tuple[Call, ...] = (Call(counted=True, denied=denied),)
@@ -186,6 +187,7 @@ class Gate:
             assert info.body is not None
             calls = calls_for(info.body, rules)
             params = info.body.messages[0].params
+            sent = info.body.first_method
             task = a2a.task_id(op, params)
         ctx = a2a.context_id(op, params)
         now = self._clock()
@@ -198,7 +200,7 @@ class Gate:
             first = outcome.session
             if first is not None and first.reason is E.SESSION_NOT_FOUND and starts:
                 # A context the proxy has not seen: adopted as the caller's, under the cap.
-                held = await self._reserve(adm, limits, now, op.name)
+                held = await self._reserve(adm, limits, now, sent)
                 if isinstance(held, Refusal):
                     return held
                 await self._store.bind(held, ctx, adm.agent, "a2a", limits, now)
@@ -207,7 +209,7 @@ class Gate:
             elif first is not None and first.reason is E.SESSION_NOT_FOUND:
                 return self._pure_only(adm, info, calls)  # a filter on an unknown context
             if outcome.session is not None:
-                return self._deny(adm, outcome.session, op.name, None)
+                return self._deny(adm, outcome.session, sent, None)
             return self._apply(adm, info, list(outcome.calls), calls)
         verdict = self._pure_only(adm, info, calls)
         if isinstance(verdict, Refusal):
@@ -216,7 +218,7 @@ class Gate:
         if task is not None:
             adm.adopt_after, adm.adopt_counted = True, counted
         elif starts:
-            held = await self._reserve(adm, limits, now, op.name)
+            held = await self._reserve(adm, limits, now, sent)
             if isinstance(held, Refusal):
                 return held
             adm.reservation, adm.adopt_counted = held, counted
@@ -229,7 +231,7 @@ class Gate:
         return self._apply(adm, info, [_pure(c) for c in calls], calls)
 
     async def _reserve(
-        self, adm: Admission, limits: Limits, now: float, method: str
+        self, adm: Admission, limits: Limits, now: float, method: str | None
     ) -> str | Refusal:
         held = await self._store.reserve(adm.agent, limits, now)
         if isinstance(held, str):

@@ -23,11 +23,11 @@ def identify(headers: Mapping[str, str], identity: Identity) -> str | None:
 
 
 def method_allowed(rules: Rules, method: str) -> bool:
-    """Either generation's name of an A2A operation matches the policy's method globs."""
+    """An A2A operation by either generation's name: a deny of one name denies it."""
     op = a2a.op_for_method(method)
     if op is None:
         return rules.methods.allows(method)
-    return any(rules.methods.allows(name) for name in a2a.method_names(op))
+    return rules.methods.allows_any(a2a.method_names(op))
 
 
 def authorize(rules: Rules, method: str, params: object) -> tuple[E | None, str | None]:

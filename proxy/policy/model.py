@@ -40,11 +40,25 @@ class GlobSet:
         object.__setattr__(self, "_deny_re", compile_globs(self.deny))
 
     def allows(self, name: str) -> bool:
-        if self._deny_re is not None and self._deny_re.match(name) is not None:
+        if self.denies(name):
             return False
-        if self._allow_all:
-            return True
-        return self._allow_re is not None and self._allow_re.match(name) is not None
+        return self.admits(name)
+
+    def allows_any(self, names: tuple[str, ...]) -> bool:
+        """For one thing known by several names: denied if any name is denied, else allowed
+        if any name is allowed."""
+        if any(self.denies(n) for n in names):
+            return False
+        return any(self.admits(n) for n in names)
+
+    def denies(self, name: str) -> bool:
+        return self._deny_re is not None and self._deny_re.match(name) is not None
+
+    def admits(self, name: str) -> bool:
+        """Matched by the allow list (deny not considered)."""
+        return self._allow_all or (
+            self._allow_re is not None and self._allow_re.match(name) is not None
+        )
 
 
 @dataclass(frozen=True, slots=True)
