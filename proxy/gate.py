@@ -110,9 +110,8 @@ class Gate:
             if info.protocol == "a2a" and info.a2a_op is not None:
                 return await self._a2a(adm, info, info.a2a_op, rules)
             if info.body is not None:
-                # A2A and unknown JSON-RPC: authorization now; A2A sessions bind by contextId.
-                calls = calls_for(info.body, rules)
-                return self._apply(adm, info, [_pure(c) for c in calls])
+                # JSON-RPC of neither protocol: method authorization only, no session.
+                return self._pure_only(adm, info, calls_for(info.body, rules))
             return adm
         except StoreUnavailable as exc:
             log.error("session store unavailable", extra={"error": str(exc)[:200]})
@@ -141,16 +140,9 @@ class Gate:
                 denied, _ = authorize(rules, mcp.INITIALIZE, message.params)
                 if denied is not None:
                     return self._deny(adm, Denial(denied), mcp.INITIALIZE, None)
-                held = await self._store.reserve(adm.agent, limits, now)
-                if isinstance(held, Denial):
-                    error = self._record(adm, held, mcp.INITIALIZE, None)
-                    if error is not None:
-                        return Refusal(error, adm)
-                    # Audit: the session is born anyway, past the cap.
-                    held = await self._store.reserve(
-                        adm.agent, replace(limits, max_per_agent=_UNCAPPED), now
-                    )
-                    assert isinstance(held, str)
+                held = await self._reserve(adm, limits, now, mcp.INITIALIZE)
+                if isinstance(held, Refusal):
+                    return held
                 adm.reservation = held
                 return adm
             if body is not None:
@@ -225,9 +217,7 @@ class Gate:
         return verdict
 
     def _pure_only(self, adm: Admission, info: Classified, calls: tuple[Call, ...]) -> Verdict:
-        if info.body is None:  # REST: one call
-            denial = _pure(calls[0])
-            return adm if denial is None else self._deny(adm, denial, None, None)
+        """Authorization alone, where no session applies."""
         return self._apply(adm, info, [_pure(c) for c in calls], calls)
 
     async def _reserve(
@@ -253,31 +243,21 @@ class Gate:
                 if ctx is None:
                     continue
                 now = self._clock()
-                if adm.reservation is not None:
-                    reservation, adm.reservation = adm.reservation, None
-                    assert adm.limits is not None
-                    await self._store.bind(
-                        reservation,
-                        ctx,
-                        adm.agent,
-                        "a2a",
-                        adm.limits,
-                        now,
-                        counted=adm.adopt_counted,
-                    )
-                    adm.session_id = ctx
-                    self._metrics.sessions_opened.inc("a2a")
-                elif adm.adopt_after:
-                    adm.adopt_after = False
-                    assert adm.limits is not None
-                    held = await self._store.reserve(
-                        adm.agent, replace(adm.limits, max_per_agent=_UNCAPPED), now
-                    )
-                    assert isinstance(held, str)  # the upstream already served it
+                assert adm.limits is not None
+                held = adm.reservation
+                if held is None and adm.adopt_after:
+                    # The upstream already served it: the context is the caller's, cap or not.
+                    uncapped = replace(adm.limits, max_per_agent=_UNCAPPED)
+                    token = await self._store.reserve(adm.agent, uncapped, now)
+                    assert isinstance(token, str)
+                    held = token
+                if held is not None:
+                    adm.reservation, adm.adopt_after = None, False
                     await self._store.bind(
                         held, ctx, adm.agent, "a2a", adm.limits, now, counted=adm.adopt_counted
                     )
                     adm.session_id = ctx
+                    self._metrics.sessions_opened.inc("a2a")
                 if task is not None:
                     await self._store.link_task(task, ctx, now)
         except StoreUnavailable as exc:
@@ -299,8 +279,10 @@ class Gate:
         adm: Admission,
         info: Classified,
         denials: list[Denial | None],
-        calls: tuple[Call, ...] | None = None,
+        calls: tuple[Call, ...],
     ) -> Verdict:
+        """Per-element verdicts: one denial refuses a single request; a batch loses only its
+        denied elements, whose errors are merged into the upstream's answer."""
         body = info.body
         if all(d is None for d in denials):
             return adm
@@ -311,7 +293,7 @@ class Gate:
         messages = body.messages
         if not body.batch:
             message = messages[0]
-            tool = calls[0].tool if calls else mcp.tool_name(message.method or "", message.params)
+            tool = calls[0].tool
             denial = denials[0]
             assert denial is not None
             return self._deny(adm, denial, message.method, tool)
@@ -321,8 +303,7 @@ class Gate:
             if denial is None:
                 kept.append(message.raw)
                 continue
-            tool = calls[i].tool if calls else None
-            error = self._record(adm, denial, message.method, tool)
+            error = self._record(adm, denial, message.method, calls[i].tool)
             if error is None:  # audit: forwarded as if allowed
                 kept.append(message.raw)
             elif message.has_id:
