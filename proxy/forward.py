@@ -27,7 +27,6 @@ from yarl import URL
 
 from proxy.config import Settings
 from proxy.errors import (
-    Code,
     E,
     Rendered,
     WardenError,
@@ -150,7 +149,6 @@ class Forwarder:
         self._hint: Protocol = "unknown"  # what earlier requests revealed about the upstream
         self._base = str(settings.upstream).rstrip("/")
         self._public_url = settings.public_url
-        self._upstream_host = settings.upstream.host or ""
 
     # -- request side -------------------------------------------------------------------
 
@@ -817,4 +815,4 @@ def _upstream_message(doc: Any) -> str | None:
     return None
 
 
-__all__ = ["HOP_BY_HOP", "Code", "ErrorStyle", "Forwarder", "filter_headers", "upstream_failure"]
+__all__ = ["HOP_BY_HOP", "ErrorStyle", "Forwarder", "filter_headers", "upstream_failure"]
