@@ -313,15 +313,13 @@ class Forwarder:
                 if attempt + 1 < attempts:
                     continue
                 await self._gate.settle(verdict, None, None)
-                request[_OUTCOME] = RequestOutcome.UPSTREAM_ERROR
-                return self._upstream_error(info, exc, trace)
+                return self._upstream_error(request, info, exc)
             except (ClientConnectionError, ClientResponseError, TimeoutError) as exc:
                 await self._gate.settle(verdict, None, None)
                 if overflow:
                     trace.upstream_answered(None, "request_too_large")
                     return self._too_large(request)
-                request[_OUTCOME] = RequestOutcome.UPSTREAM_ERROR
-                return self._upstream_error(info, exc, trace)
+                return self._upstream_error(request, info, exc)
         self._metrics.upstream_latency.observe(time.perf_counter() - started, info.protocol)
         if resp.status >= 500:
             request[_OUTCOME] = RequestOutcome.UPSTREAM_ERROR
@@ -390,7 +388,7 @@ class Forwarder:
         try:
             data, whole = await self._read_bounded(resp)
         except (ClientPayloadError, ClientConnectionError, TimeoutError) as exc:
-            return self._upstream_error(info, exc)
+            return self._upstream_error(request, info, exc)
         doc = _json_or_none(data) if whole and data.strip() else None
         answered = doc if isinstance(doc, list) else [doc] if isinstance(doc, dict) else []
         return _json_response([*answered, *denied])
@@ -423,7 +421,7 @@ class Forwarder:
         try:
             data, whole = await self._read_bounded(resp)
         except (ClientPayloadError, ClientConnectionError, TimeoutError) as exc:
-            return self._upstream_error(info, exc)
+            return self._upstream_error(request, info, exc)
         if not whole or _encoded(resp):  # too large or encoded to inspect: trusted as it is
             return await self._relay(request, resp, headers, prefix=data)
         doc = _json_or_none(data)
@@ -457,7 +455,7 @@ class Forwarder:
         try:
             data, whole = await self._read_bounded(resp)
         except (ClientPayloadError, ClientConnectionError, TimeoutError) as exc:
-            return self._upstream_error(info, exc)
+            return self._upstream_error(request, info, exc)
         card = self._moved_card(_json_or_none(data)) if whole and not _encoded(resp) else None
         if card is None:
             return web.Response(body=data, status=resp.status, reason=resp.reason, headers=headers)
@@ -485,7 +483,7 @@ class Forwarder:
         try:
             data, whole = await self._read_bounded(resp)
         except (ClientPayloadError, ClientConnectionError, TimeoutError) as exc:
-            return self._upstream_error(info, exc)
+            return self._upstream_error(request, info, exc)
         if not whole or _encoded(resp):
             return await self._relay(request, resp, headers, prefix=data)
         doc = _json_or_none(data) if data.strip() else {}
@@ -515,13 +513,14 @@ class Forwarder:
         try:
             data, whole = await self._read_bounded(resp)
         except (ClientPayloadError, ClientConnectionError, TimeoutError) as exc:
-            return self._upstream_error(info, exc)
+            return self._upstream_error(request, info, exc)
         doc = _json_or_none(data) if whole and not _encoded(resp) else None
         status = resp.status
         a2a_side = info.protocol == "a2a"
         if info.binding is Binding.JSONRPC and doc is not None and jsonrpc.is_error_response(doc):
             if a2a_side and (fixed := normalize_jsonrpc_error(doc)) is not None:
                 data = _dumps(fixed)
+            trace_response(request[_TRACE], doc)
             return web.Response(body=data, status=status, reason=resp.reason, headers=headers)
         # The A2A reason a legacy REST answer means (errors.md section 5), if any.
         reason = legacy_rest_reason(status, info.rest, request.path) if a2a_side else None
@@ -640,6 +639,8 @@ class Forwarder:
                 ready = splitter.feed(chunk)
                 if ready:
                     results = watch.feed(ready)
+                    for code in watch.take_error_codes():
+                        trace.rpc_error(code)
                     if results:
                         trace.results(results)
                         if verdict.learns:
@@ -688,10 +689,13 @@ class Forwarder:
     # -- errors -------------------------------------------------------------------------
 
     def _upstream_error(
-        self, info: Classified, exc: BaseException, trace: Trace = NOOP
+        self, request: web.Request, info: Classified, exc: BaseException
     ) -> web.Response:
+        """No (whole) answer from the upstream: counted, traced, and answered in an envelope."""
         reason = upstream_failure(exc)
+        request[_OUTCOME] = RequestOutcome.UPSTREAM_ERROR
         self._metrics.upstream_failures.inc(reason.name)
+        trace = request[_TRACE]
         trace.upstream_answered(None, reason.name)
         log.warning(
             "upstream request failed",

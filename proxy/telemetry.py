@@ -95,8 +95,9 @@ class Telemetry:
         self._tracer = provider.get_tracer("agent-warden", __version__) if provider else None
 
     @classmethod
-    def from_env(cls, metrics: Metrics, environ: Mapping[str, str] | None = None) -> Telemetry:
-        env = os.environ if environ is None else environ
+    def from_env(cls, metrics: Metrics) -> Telemetry:
+        """From the standard OTEL_* environment (the SDK's exporters and sampler read it too)."""
+        env = os.environ
         if _env_true(env, "OTEL_SDK_DISABLED"):
             return cls()
         provider = None
@@ -185,6 +186,9 @@ class RequestTrace(Trace):
             "url.path": path,
             "url.scheme": scheme,
             "server.address": address or host,
+            "network.transport": "tcp",
+            "network.protocol.name": "http",
+            "network.protocol.version": "1.1",
         }
         if port.isdigit():
             attributes["server.port"] = int(port)
@@ -266,11 +270,28 @@ def _meter_provider(metrics: Metrics, environ: Mapping[str, str]) -> Any:
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-    if _exporter_protocol(environ, "METRICS") != "http/protobuf":
-        raise ConfigError("OTLP metrics export supports OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf")
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    protocol = _exporter_protocol(environ, "METRICS")
+    exporter: Any
+    if protocol == "grpc":
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (  # type: ignore[import-not-found]
+                OTLPMetricExporter as GrpcMetricExporter,
+            )
+        except ImportError:
+            raise ConfigError(
+                "OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs the grpc extra: "
+                "pip install 'agent-warden[grpc]'"
+            ) from None
+        exporter = GrpcMetricExporter()
+    elif protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
-    reader = PeriodicExportingMetricReader(OTLPMetricExporter())
+        exporter = OTLPMetricExporter()
+    else:
+        raise ConfigError(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL: expected http/protobuf or grpc, got {protocol!r}"
+        )
+    reader = PeriodicExportingMetricReader(exporter)
     provider = MeterProvider(metric_readers=[reader], resource=_resource())
     meter = provider.get_meter("agent-warden", __version__)
 
@@ -330,12 +351,19 @@ def span_attributes(info: Classified, headers: Mapping[str, str]) -> tuple[Attri
         if version:
             attributes["mcp.protocol.version"] = version
         if message is not None and message.method is not None:
-            attributes["mcp.method.name"] = message.method
-            tool = mcp.tool_name(message.method, message.params)
+            method = message.method
+            params = message.params if isinstance(message.params, dict) else {}
+            attributes["mcp.method.name"] = method
+            tool = mcp.tool_name(method, params)
             if tool is not None:
                 attributes["gen_ai.tool.name"] = tool
                 attributes["gen_ai.operation.name"] = "execute_tool"
-                name = f"{message.method} {tool}"
+                name = f"{method} {tool}"
+            elif method == "prompts/get" and isinstance(params.get("name"), str):
+                attributes["gen_ai.prompt.name"] = params["name"]
+                name = f"{method} {params['name']}"
+            elif method.startswith("resources/") and isinstance(params.get("uri"), str):
+                attributes["mcp.resource.uri"] = params["uri"]
     elif info.protocol == "a2a":
         op = info.a2a_op
         if op is not None:

@@ -17,7 +17,7 @@ class StreamWatch:
     bindings). A stream that ends while incomplete was cut.
     """
 
-    __slots__ = ("_a2a_stream", "_jsonrpc", "_pending", "_terminal")
+    __slots__ = ("_a2a_stream", "_error_codes", "_jsonrpc", "_pending", "_terminal")
 
     def __init__(
         self, pending: set[jsonrpc.JsonRpcId] | None, *, jsonrpc_binding: bool, a2a_stream: bool
@@ -26,6 +26,7 @@ class StreamWatch:
         self._jsonrpc = jsonrpc_binding
         self._a2a_stream = a2a_stream
         self._terminal = False
+        self._error_codes: list[int | str] = []
 
     @property
     def complete(self) -> bool:
@@ -36,6 +37,11 @@ class StreamWatch:
     @property
     def pending(self) -> tuple[jsonrpc.JsonRpcId, ...]:
         return tuple(self._pending) if self._pending else ()
+
+    def take_error_codes(self) -> list[int | str]:
+        """JSON-RPC error codes answered since the last call."""
+        codes, self._error_codes = self._error_codes, []
+        return codes
 
     def feed(self, events: bytes) -> list[Any]:
         """Results carried by ``events`` (whole events), in order."""
@@ -56,6 +62,10 @@ class StreamWatch:
                     continue
                 if "error" in item:
                     self._terminal = True
+                    error = item["error"]
+                    code = error.get("code") if isinstance(error, dict) else None
+                    if isinstance(code, int | str):
+                        self._error_codes.append(code)
                 elif "result" in item:
                     result = item["result"]
                     results.append(result)
