@@ -16,6 +16,7 @@ from aiohttp import web
 from proxy import __version__, logs
 from proxy.app import Runtime, build_admin_app, build_proxy_app, services
 from proxy.config import ConfigError, Settings, env_name, from_options
+from proxy.inject import cli as inject_cli
 from proxy.policy import DEFAULT_POLICY, PolicyError, check_files, load_policy
 from proxy.telemetry import Telemetry
 
@@ -62,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
         )
     check = sub.add_parser("check", help="validate policy files")
     check.add_argument("files", nargs="+", metavar="FILE")
+    webhook = sub.add_parser("webhook", help="serve the Kubernetes sidecar-injection webhook")
+    inject_cli.add_arguments(webhook)
     return parser
 
 
@@ -161,6 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check":
             return _check(args.files)
+        if args.command == "webhook":
+            return inject_cli.run(args)
         return _run(args)
     except ConfigError as exc:
         print(f"agent-warden: error: {exc}", file=sys.stderr)

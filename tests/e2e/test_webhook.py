@@ -1,0 +1,453 @@
+"""The injection webhook as a process over real TLS: AdmissionReview v1 in and out.
+
+A test CA and serving certificates are made with ``cryptography``; every client verifies
+the server against that CA. Certificate rotation is seen through the served serial.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import http.client
+import ipaddress
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonpatch
+import kubernetes_validate
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.conftest import Proxy
+from tests.upstreams.serve import LOOPBACK, REPO_ROOT, free_port
+
+DATA = REPO_ROOT / "tests" / "data" / "inject"
+START_TIMEOUT = 15.0
+RELOAD_TIMEOUT = 20.0
+STOP_TIMEOUT = 20.0
+
+
+# --- a test CA --------------------------------------------------------------------------
+
+
+@dataclass
+class CertAuthority:
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+    path: Path
+
+    @classmethod
+    def create(cls, directory: Path) -> CertAuthority:
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "agent-warden test CA")])
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(key, hashes.SHA256())
+        )
+        path = directory / "ca.pem"
+        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return cls(key, cert, path)
+
+    def issue(self, cert_path: Path, key_path: Path) -> int:
+        """A serving certificate for 127.0.0.1 and localhost, written atomically; its serial."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        serial = x509.random_serial_number()
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "webhook")]))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(serial)
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(LOOPBACK))]
+                ),
+                critical=False,
+            )
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        # Key first, then certificate: the server reloads once both are in place.
+        for path, data in (
+            (key_path, key_pem),
+            (cert_path, cert.public_bytes(serialization.Encoding.PEM)),
+        ):
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        return serial
+
+    def client_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.path))
+
+
+# --- the webhook process ----------------------------------------------------------------
+
+
+@dataclass
+class Webhook:
+    port: int
+    process: Proxy  # the same process handling as the proxy's tests: stop(), log_lines()
+    ca: CertAuthority
+    cert: Path
+    key: Path
+    serials: list[int] = field(default_factory=list)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        content_type: str | None = "application/json",
+        host: str = LOOPBACK,
+    ) -> tuple[int, Any]:
+        conn = http.client.HTTPSConnection(
+            host, self.port, context=self.ca.client_context(), timeout=10
+        )
+        try:
+            headers = {"Content-Type": content_type} if content_type else {}
+            conn.request(method, path, body=body, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+            return response.status, json.loads(data) if data else None
+        finally:
+            conn.close()
+
+    def review(self, obj: dict[str, Any], path: str = "/mutate", **request: Any) -> dict[str, Any]:
+        status, answer = self.request(
+            "POST", path, json.dumps(admission_review(obj, **request)).encode()
+        )
+        assert status == 200, answer
+        assert answer["apiVersion"] == "admission.k8s.io/v1"
+        assert answer["kind"] == "AdmissionReview"
+        assert answer["response"]["allowed"] is True
+        return dict(answer["response"])
+
+    def served_serial(self) -> int:
+        context = self.ca.client_context()
+        with (
+            socket.create_connection((LOOPBACK, self.port), timeout=5) as sock,
+            context.wrap_socket(sock, server_hostname=LOOPBACK) as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        return x509.load_der_x509_certificate(der).serial_number
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        return self.process.stop(sig, STOP_TIMEOUT)
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        return self.process.log_lines()
+
+
+def admission_review(obj: Any, **request: Any) -> dict[str, Any]:
+    fields = {
+        "uid": str(uuid.uuid4()),
+        "kind": {"group": "", "version": "v1", "kind": "Pod"},
+        "resource": {"group": "", "version": "v1", "resource": "pods"},
+        "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+        "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+        "namespace": "agents",
+        "operation": "CREATE",
+        "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+        "object": obj,
+        "oldObject": None,
+        "dryRun": False,
+        "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
+        **request,
+    }
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": fields}
+
+
+WEBHOOK = [sys.executable, "-m", "proxy", "webhook"]
+
+
+def flags(cert: Path, key: Path, *extra: str, listen: str | None = None) -> list[str]:
+    listen = listen or f"{LOOPBACK}:{free_port()}"
+    return ["--listen", listen, "--cert", str(cert), "--key", str(key), *extra]
+
+
+def start_webhook(directory: Path, *extra: str) -> Webhook:
+    ca = CertAuthority.create(directory)
+    cert, key = directory / "tls.crt", directory / "tls.key"
+    serial = ca.issue(cert, key)
+    port = free_port()
+    listen = f"{LOOPBACK}:{port}"
+    stderr_path = directory / "webhook.stderr"
+    with stderr_path.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [*WEBHOOK, *flags(cert, key, "--cert-poll-interval", "200ms", *extra, listen=listen)],
+            cwd=REPO_ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    url = f"https://{listen}"
+    hook = Webhook(port, Proxy(url, url, proc, stderr_path), ca, cert, key, [serial])
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"webhook exited with {proc.returncode}:\n{stderr_path.read_text()}")
+        try:
+            if hook.request("GET", "/healthz", content_type=None)[0] == 200:
+                return hook
+        except OSError:
+            time.sleep(0.05)
+    hook.stop(signal.SIGKILL)
+    pytest.fail(f"webhook not up within {START_TIMEOUT}s:\n{stderr_path.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def webhook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webhook]:
+    hook = start_webhook(tmp_path_factory.mktemp("webhook"))
+    yield hook
+    hook.stop()
+
+
+@pytest.fixture
+def own_webhook(tmp_path: Path) -> Iterator[Webhook]:
+    """A webhook of the test's own, for tests that rotate its certificate or stop it."""
+    hook = start_webhook(tmp_path)
+    yield hook
+    hook.stop()
+
+
+def golden_pod(case: str) -> dict[str, Any]:
+    value = yaml.safe_load((DATA / f"{case}.pod.yaml").read_text())
+    assert isinstance(value, dict)
+    return value
+
+
+# --- admission ----------------------------------------------------------------------------
+
+
+def test_injects_a_pod(webhook: Webhook) -> None:
+    pod = golden_pod("named-port")
+    review = admission_review(pod)
+    status, answer = webhook.request("POST", "/mutate", json.dumps(review).encode())
+    assert status == 200
+    response = answer["response"]
+    assert response["uid"] == review["request"]["uid"]
+    assert response["allowed"] is True
+    assert response["patchType"] == "JSONPatch"
+    assert "warnings" not in response
+    patch = json.loads(base64.b64decode(response["patch"]))
+    patched = jsonpatch.apply_patch(pod, patch)
+    kubernetes_validate.validate(patched, "1.30", strict=True)
+    sidecar = patched["spec"]["initContainers"][0]
+    assert sidecar["name"] == "agent-warden"
+    assert sidecar["restartPolicy"] == "Always"
+    assert {"name": "http", "containerPort": 15080, "protocol": "TCP"} in sidecar["ports"]
+    # Fed back (a reinvocation), the patched pod gets no second sidecar.
+    again = webhook.review(patched)
+    assert "patch" not in again
+
+
+def test_unannotated_pods_are_left_alone_by_default(webhook: Webhook) -> None:
+    assert "patch" not in webhook.review(golden_pod("namespace-default"))
+
+
+def test_config_file_inject_by_default(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text((DATA / "namespace-default.config.yaml").read_text() + "tag: '9.9.9'\n")
+    hook = start_webhook(tmp_path, "--config", str(config))
+    try:
+        pod = golden_pod("namespace-default")
+        response = hook.review(pod)
+        patched = jsonpatch.apply_patch(pod, json.loads(base64.b64decode(response["patch"])))
+        assert patched["spec"]["initContainers"][0]["image"] == "agent-warden:9.9.9"
+        # Opted out: nothing to inject, so no patch fields at all.
+        assert set(hook.review(golden_pod("opt-out"))) == {"uid", "allowed"}
+    finally:
+        assert hook.stop() == 0
+
+
+def test_a_pod_that_cannot_be_injected_gets_a_warning(webhook: Webhook) -> None:
+    response = webhook.review(golden_pod("host-network"))
+    assert "patch" not in response
+    assert any("hostNetwork" in w for w in response["warnings"])
+
+
+def test_verified_by_name_too(webhook: Webhook) -> None:
+    status, body = webhook.request("GET", "/readyz", content_type=None, host="localhost")
+    assert (status, body) == (200, {"status": "ok"})
+
+
+def envelope(**fields: Any) -> bytes:
+    """An AdmissionReview envelope with ``fields`` replaced, as JSON."""
+    review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", **fields}
+    return json.dumps(review).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "needle"),
+    [
+        (None, "application/json", "empty body"),
+        (b"", "application/json", "empty body"),
+        (b"{not json", "application/json", "not JSON"),
+        (b"{}", "text/plain", "Content-Type"),
+        (b"{}", None, "Content-Type"),
+        (b"[1, 2]", "application/json", "AdmissionReview"),
+        (envelope(), "application/json", "uid"),
+        (envelope(request={"uid": 7}), "application/json", "uid"),
+        (envelope(request={"uid": ""}), "application/json", "uid"),
+        (
+            envelope(apiVersion="admission.k8s.io/v1beta1", request={"uid": "u"}),
+            "application/json",
+            "admission.k8s.io/v1",
+        ),
+    ],
+)
+def test_bad_requests_get_400_with_a_json_error(
+    webhook: Webhook, body: bytes | None, content_type: str | None, needle: str
+) -> None:
+    status, answer = webhook.request("POST", "/mutate", body, content_type)
+    assert status == 400
+    assert needle in answer["error"]
+
+
+def test_not_a_pod_is_allowed_with_a_message(webhook: Webhook) -> None:
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}, "spec": {}}
+    response = webhook.review(service, kind={"group": "", "version": "v1", "kind": "Service"})
+    assert "patch" not in response
+    assert "pods only" in response["status"]["message"]
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [None, "a string", {"spec": {"containers": "nope"}}, {"metadata": {"annotations": ["x"]}}],
+)
+def test_a_malformed_pod_is_allowed_with_a_message(webhook: Webhook, obj: Any) -> None:
+    response = webhook.review(obj)
+    assert "patch" not in response
+    assert "malformed pod" in response["status"]["message"]
+    assert webhook.process.proc.poll() is None
+
+
+def test_only_create_is_injected(webhook: Webhook) -> None:
+    response = webhook.review(golden_pod("plain"), operation="UPDATE")
+    assert "patch" not in response
+    assert "CREATE" in response["status"]["message"]
+
+
+def test_every_review_is_logged_as_json(webhook: Webhook) -> None:
+    review = admission_review(golden_pod("plain"))
+    uid = review["request"]["uid"]
+    assert webhook.request("POST", "/mutate", json.dumps(review).encode())[0] == 200
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = [line for line in webhook.log_lines() if line.get("uid") == uid]
+        if lines:
+            assert lines[0]["decision"] == "injected"
+            assert lines[0]["injected"] is True
+            return
+        time.sleep(0.05)
+    pytest.fail("no log line for the review")
+
+
+# --- certificates and lifecycle -------------------------------------------------------------
+
+
+def test_certificate_rotation_is_served_without_restart(own_webhook: Webhook) -> None:
+    assert own_webhook.served_serial() == own_webhook.serials[0]
+    new = own_webhook.ca.issue(own_webhook.cert, own_webhook.key)
+    deadline = time.monotonic() + RELOAD_TIMEOUT
+    while own_webhook.served_serial() != new:
+        if time.monotonic() > deadline:
+            pytest.fail(f"still serving the old certificate after {RELOAD_TIMEOUT}s")
+        time.sleep(0.1)
+    assert own_webhook.review(golden_pod("plain"))["patchType"] == "JSONPatch"
+    assert any(line["msg"] == "certificate reloaded" for line in own_webhook.log_lines())
+
+
+def test_a_broken_certificate_keeps_the_old_one(own_webhook: Webhook) -> None:
+    own_webhook.cert.write_text("not a certificate\n")
+    time.sleep(1.0)  # several polls
+    assert own_webhook.served_serial() == own_webhook.serials[0]
+    assert any("reload failed" in line["msg"] for line in own_webhook.log_lines())
+
+
+def test_sigterm_stops_with_exit_0(own_webhook: Webhook) -> None:
+    assert own_webhook.stop(signal.SIGTERM) == 0
+    assert own_webhook.log_lines()[-1]["msg"] == "stopped"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*WEBHOOK, *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_bad_start_up_is_one_line_and_non_zero(tmp_path: Path) -> None:
+    ca = CertAuthority.create(tmp_path)
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    ca.issue(cert, key)
+    config = tmp_path / "config.yaml"
+    config.write_text("image: x\nlistenPrt: 8080\n")
+    cases = [
+        (flags(tmp_path / "none.crt", key), "--cert"),
+        (flags(key, cert), "--cert"),
+        (flags(cert, key, "--config", str(config)), f"{config}:2: listenPrt"),
+        (flags(cert, key, listen="nowhere"), "--listen"),
+        (["--cert", str(cert)], "--key"),
+        (flags(cert, key, "--cert-poll-interval", "soon"), "--cert-poll-interval"),
+    ]
+    for args, needle in cases:
+        result = run_cli(*args)
+        assert result.returncode != 0, args
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert needle in lines[0]
+        assert "Traceback" not in result.stderr

@@ -1,0 +1,788 @@
+"""helm/agent-warden rendered by the real Helm engine (helm_python), no cluster.
+
+Every rendered object, the `helm test` pod included, is checked against the Kubernetes
+1.30 OpenAPI schema (kubernetes-validate, strict). cert-manager's Issuer and Certificate
+are custom resources the Kubernetes schema does not know: they are checked structurally
+here instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from proxy.policy import parse_policy
+
+helm_python = pytest.importorskip("helm_python")
+kubernetes_validate = pytest.importorskip("kubernetes_validate")
+jsonschema = pytest.importorskip("jsonschema")
+x509 = pytest.importorskip("cryptography.x509")
+serialization = pytest.importorskip("cryptography.hazmat.primitives.serialization")
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART_DIR = ROOT / "helm" / "agent-warden"
+RELEASE = "warden"
+NAMESPACE = "agent-warden-system"
+FULLNAME = "warden-agent-warden"
+KUBE_VERSION = "1.30"
+SANS = {f"{FULLNAME}.{NAMESPACE}.svc", f"{FULLNAME}.{NAMESPACE}.svc.cluster.local"}
+NAMESPACE_WEBHOOK = "namespace.sidecar.agent-warden.dev"
+POD_WEBHOOK = "pod.sidecar.agent-warden.dev"
+
+# The keys the injector reads from its config file (the webhook's contract).
+INJECTOR_KEYS = {
+    "injectByDefault",
+    "image",
+    "tag",
+    "imagePullPolicy",
+    "nativeSidecar",
+    "listenPort",
+    "adminPort",
+    "policyConfigMap",
+    "policyKey",
+    "protocol",
+    "resources",
+    "drainSeconds",
+    "env",
+}
+
+EVERYTHING: dict[str, Any] = {
+    "replicas": 3,
+    "imagePullSecrets": ["registry"],
+    "image": {"repository": "registry.example/agent-warden", "tag": "1.0", "pullPolicy": "Always"},
+    "podAnnotations": {"example.com/team": "platform"},
+    "podLabels": {"example.com/tier": "control"},
+    "nodeSelector": {"kubernetes.io/os": "linux"},
+    "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "infra"}],
+    "affinity": {"nodeAffinity": {}},
+    "topologySpreadConstraints": [
+        {
+            "maxSkew": 1,
+            "topologyKey": "topology.kubernetes.io/zone",
+            "whenUnsatisfiable": "ScheduleAnyway",
+        }
+    ],
+    "priorityClassName": "system-cluster-critical",
+    "serviceAccount": {"create": True, "name": "warden-sa", "annotations": {"a": "b"}},
+    "service": {"port": 9443},
+    "webhook": {
+        "failurePolicy": "Fail",
+        "timeoutSeconds": 5,
+        "reinvocationPolicy": "IfNeeded",
+        "excludedNamespaces": ["monitoring"],
+    },
+    "injector": {
+        "env": [
+            {"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://collector:4318"},
+            {
+                "name": "NODE",
+                "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}},
+            },
+        ]
+    },
+    "test": {"image": {"repository": "registry.example/curl", "tag": "8", "pullPolicy": "Always"}},
+}
+
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "generated-tls": {"tls": {"mode": "generate", "generate": {"validityDays": 30}}},
+    "cert-manager": {"tls": {"mode": "certManager"}},
+    "cert-manager-issuer": {
+        "tls": {
+            "mode": "certManager",
+            "certManager": {"issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"}},
+        }
+    },
+    "existing-configmap": {"policy": {"existingConfigMap": "team-policy"}},
+    "classic-sidecar": {"injector": {"nativeSidecar": False}},
+    "annotation-required": {"injector": {"injectByDefault": False}},
+    "policy-namespaces": {"policy": {"namespaces": ["agents", "billing"]}},
+    "single-replica": {"replicas": 1},
+    "no-service-account": {"serviceAccount": {"create": False}},
+    "everything": EVERYTHING,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    objects: list[dict[str, Any]]
+    notes: str
+
+    def all(self, kind: str) -> list[dict[str, Any]]:
+        return [o for o in self.objects if o["kind"] == kind]
+
+    def one(self, kind: str, name: str | None = None) -> dict[str, Any]:
+        found = [o for o in self.all(kind) if name is None or o["metadata"]["name"] == name]
+        assert len(found) == 1, f"expected one {kind} {name or ''}, got {len(found)}"
+        return found[0]
+
+    def webhooks(self) -> dict[str, dict[str, Any]]:
+        config = self.one("MutatingWebhookConfiguration")
+        return {w["name"]: w for w in config["webhooks"]}
+
+
+@pytest.fixture(scope="module")
+def chart() -> Iterator[Any]:
+    with helm_python.Chart.load(CHART_DIR) as loaded:
+        yield loaded
+
+
+def render(chart: Any, values: dict[str, Any] | None = None, release: str = RELEASE) -> Rendered:
+    manifests: dict[str, str] = chart.render(values or {}, name=release, namespace=NAMESPACE)
+    objects: list[dict[str, Any]] = []
+    notes = ""
+    for path, text in sorted(manifests.items()):
+        if path.endswith("NOTES.txt"):
+            notes = text
+            continue
+        objects.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return Rendered(objects, notes)
+
+
+def b64(text: str) -> bytes:
+    return base64.b64decode(text, validate=True)
+
+
+# --- lint and schema validity -------------------------------------------------------
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_lint_is_clean(scenario: str) -> None:
+    report = helm_python.lint(
+        CHART_DIR,
+        SCENARIOS[scenario],
+        strict=True,
+        namespace=NAMESPACE,
+        kube_version=f"v{KUBE_VERSION}.0",
+    )
+    messages = report["messages"]
+    errors = [m for m in messages if m["severity"] >= 3] + report["errors"]
+    warnings = [m for m in messages if m["severity"] == 2]
+    assert not errors, f"lint errors: {errors}; warnings: {warnings}"
+    assert not warnings, f"lint warnings: {warnings}"
+
+
+def check_cert_manager(obj: dict[str, Any]) -> None:
+    """What cert-manager's v1 CRDs require of the fields this chart uses."""
+    assert obj["apiVersion"] == "cert-manager.io/v1"
+    assert obj["kind"] in {"Issuer", "Certificate"}
+    assert set(obj) == {"apiVersion", "kind", "metadata", "spec"}
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", obj["metadata"]["name"])
+    assert obj["metadata"]["namespace"] == NAMESPACE
+    spec = obj["spec"]
+    if obj["kind"] == "Issuer":
+        assert len(spec) == 1, "an Issuer has exactly one issuer type"
+        assert set(spec) <= {"selfSigned", "ca"}
+        if "ca" in spec:
+            assert spec["ca"]["secretName"]
+        return
+    known = {
+        "secretName",
+        "secretTemplate",
+        "commonName",
+        "dnsNames",
+        "duration",
+        "renewBefore",
+        "usages",
+        "privateKey",
+        "issuerRef",
+        "isCA",
+    }
+    assert set(spec) <= known, set(spec) - known
+    assert spec["secretName"]
+    assert spec["issuerRef"]["name"]
+    assert spec["issuerRef"].get("kind", "Issuer") in {"Issuer", "ClusterIssuer"}
+    assert spec.get("commonName") or spec.get("dnsNames")
+    assert len(spec.get("commonName", "")) <= 64
+    for key in ("duration", "renewBefore"):
+        if key in spec:
+            assert re.fullmatch(r"([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+", spec[key]), spec[key]
+    usages = {"server auth", "client auth", "digital signature", "key encipherment"}
+    assert set(spec.get("usages", [])) <= usages
+    assert spec["privateKey"]["algorithm"] in {"RSA", "ECDSA", "Ed25519"}
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_every_object_is_valid_for_kubernetes_1_30(chart: Any, scenario: str) -> None:
+    rendered = render(chart, SCENARIOS[scenario])
+    assert rendered.objects
+    for obj in rendered.objects:
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        if obj["apiVersion"].startswith("cert-manager.io/"):
+            check_cert_manager(obj)  # a CRD: not in the Kubernetes schema
+            continue
+        try:
+            kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            path = ".".join(str(p) for p in exc.path)
+            pytest.fail(f"{where}: {path}: {exc.message}")
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_every_object_carries_the_standard_labels(chart: Any, scenario: str) -> None:
+    expected = {
+        "helm.sh/chart": "agent-warden-0.1.0",
+        "app.kubernetes.io/name": "agent-warden",
+        "app.kubernetes.io/instance": RELEASE,
+        "app.kubernetes.io/version": "0.1.0",
+        "app.kubernetes.io/managed-by": "Helm",
+        "app.kubernetes.io/part-of": "agent-warden",
+    }
+    rendered = render(chart, SCENARIOS[scenario])
+    for obj in rendered.objects:
+        labels = obj["metadata"]["labels"]
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        assert expected.items() <= labels.items(), where
+        assert labels["app.kubernetes.io/component"] in {"webhook", "policy", "test"}, where
+        if obj["kind"] == "Deployment":
+            pod_labels = obj["spec"]["template"]["metadata"]["labels"]
+            assert expected.items() <= pod_labels.items()
+            assert obj["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+
+
+def test_default_values_render_the_expected_objects(chart: Any) -> None:
+    kinds = sorted((o["kind"], o["metadata"]["name"]) for o in render(chart).objects)
+    assert kinds == [
+        ("ConfigMap", "agent-warden-policy"),
+        ("ConfigMap", f"{FULLNAME}-injector"),
+        ("Deployment", FULLNAME),
+        ("MutatingWebhookConfiguration", FULLNAME),
+        ("Pod", f"{FULLNAME}-test-healthz"),
+        ("PodDisruptionBudget", FULLNAME),
+        ("Secret", f"{FULLNAME}-tls"),
+        ("Service", FULLNAME),
+        ("ServiceAccount", FULLNAME),
+    ]
+
+
+# --- values.schema.json -------------------------------------------------------------
+
+
+def test_values_schema_is_strict_and_accepts_the_defaults(chart: Any) -> None:
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    jsonschema.Draft7Validator(schema).validate(chart.values)
+
+    def objects(node: object, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        if isinstance(node, dict):
+            # if/then only add conditions to an object that is closed itself
+            if "properties" in node and not path.endswith(("/if", "/then")):
+                yield path, node
+            for key, child in node.items():
+                yield from objects(child, f"{path}/{key}")
+        elif isinstance(node, list):
+            for i, child in enumerate(node):
+                yield from objects(child, f"{path}/{i}")
+
+    open_objects = [p for p, n in objects(schema, "") if n.get("additionalProperties") is not False]
+    assert not open_objects
+
+
+BAD_VALUES = [
+    ({"replicas": "two"}, "/replicas"),
+    ({"replicas": 0}, "/replicas"),
+    ({"bogus": 1}, "bogus"),
+    ({"webhook": {"failurePolicy": "Maybe"}}, "/webhook/failurePolicy"),
+    ({"webhook": {"timeoutSeconds": 31}}, "/webhook/timeoutSeconds"),
+    ({"webhook": {"namespaceSelector": {}}}, "namespaceSelector"),
+    ({"webhook": {"reinvocationPolicy": "Always"}}, "/webhook/reinvocationPolicy"),
+    ({"webhook": {"excludedNamespaces": ["Not_A_Namespace"]}}, "/webhook/excludedNamespaces"),
+    ({"tls": {"mode": "selfSigned"}}, "/tls/mode"),
+    ({"tls": {"certManager": {"issuerRef": {"kind": "Issuer"}}}}, "name"),
+    ({"tls": {"certManager": {"duration": "1 year"}}}, "/tls/certManager/duration"),
+    ({"injector": {"protocol": "grpc"}}, "/injector/protocol"),
+    ({"injector": {"listenPort": 70000}}, "/injector/listenPort"),
+    ({"injector": {"nativeSidecar": "yes"}}, "/injector/nativeSidecar"),
+    ({"injector": {"env": [{"value": "x"}]}}, "name"),
+    ({"injector": {"env": [{"name": "A"}]}}, "/injector/env/0"),
+    ({"injector": {"env": [{"name": "A", "value": "x", "valueFrom": {}}]}}, "/injector/env/0"),
+    ({"injector": {"resources": {"limits": {"memory": "lots"}}}}, "/injector/resources"),
+    ({"injector": {"resources": {"claims": []}}}, "claims"),
+    ({"injector": {"drainSeconds": 0}}, "/injector/drainSeconds"),
+    ({"injector": {"image": {"pullPolicy": "Sometimes"}}}, "/injector/image/pullPolicy"),
+    ({"policy": {"inline": ""}}, "/policy/inline"),
+    ({"policy": {"namespaces": ["agents", "agents"]}}, "/policy/namespaces"),
+    ({"policy": {"existingConfigMap": "Team Policy"}}, "/policy/existingConfigMap"),
+    ({"podDisruptionBudget": {"minAvailable": "half"}}, "/podDisruptionBudget/minAvailable"),
+    ({"resources": {"limits": {"memory": ["1Gi"]}}}, "/resources/limits/memory"),
+    ({"test": {"image": {"tag": ""}}}, "/test/image/tag"),
+]
+
+
+@pytest.mark.parametrize(("values", "where"), BAD_VALUES, ids=[w for _, w in BAD_VALUES])
+def test_values_schema_rejects_bad_values(chart: Any, values: dict[str, Any], where: str) -> None:
+    with pytest.raises(helm_python.HelmValuesError, match=re.escape(where)):
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"policy": {"inline": "version: [1"}}, "policy.inline is not valid YAML"),
+        ({"policy": {"inline": "identity: {}"}}, "version: 1"),
+        ({"injector": {"listenPort": 15021}}, "must differ"),
+        (
+            {"injector": {"env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]}},
+            "A is given twice",
+        ),
+        ({"policy": {"existingConfigMap": "team", "namespaces": ["agents"]}}, "yourself"),
+    ],
+)
+def test_templates_refuse_inconsistent_values(
+    chart: Any, values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(helm_python.HelmRenderError, match=re.escape(message)):
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+
+
+# --- the webhook configuration --------------------------------------------------------
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Kubernetes label-selector semantics (matchLabels AND every matchExpression)."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        match op:
+            case "In":
+                ok = key in labels and labels[key] in values
+            case "NotIn":
+                ok = key not in labels or labels[key] not in values
+            case "Exists":
+                ok = key in labels
+            case "DoesNotExist":
+                ok = key not in labels
+            case _:
+                raise AssertionError(f"unknown operator {op}")
+        if not ok:
+            return False
+    return True
+
+
+def called_for(
+    rendered: Rendered, namespace: str, ns_labels: dict[str, str], pod_labels: dict[str, str]
+) -> list[str]:
+    """The webhooks the API server calls for a pod created in ``namespace``."""
+    # The API server labels every namespace with its name.
+    ns_labels = {**ns_labels, "kubernetes.io/metadata.name": namespace}
+    return [
+        name
+        for name, hook in rendered.webhooks().items()
+        if selects(hook["namespaceSelector"], ns_labels)
+        and selects(hook["objectSelector"], pod_labels)
+    ]
+
+
+OPTED_IN = {"agent-warden.dev/injection": "enabled"}
+INJECT = {"agent-warden.dev/inject": "true"}
+
+
+@pytest.mark.parametrize(
+    ("namespace", "ns_labels", "pod_labels", "expected"),
+    [
+        ("agents", OPTED_IN, {}, [NAMESPACE_WEBHOOK]),
+        ("agents", OPTED_IN, {"app": "x"}, [NAMESPACE_WEBHOOK]),
+        ("agents", OPTED_IN, INJECT, [NAMESPACE_WEBHOOK]),  # once, not twice
+        ("agents", OPTED_IN, {"agent-warden.dev/inject": "false"}, []),
+        ("plain", {}, INJECT, [POD_WEBHOOK]),
+        ("plain", {}, {}, []),
+        ("plain", {}, {"agent-warden.dev/inject": "false"}, []),
+        ("plain", {"agent-warden.dev/injection": "disabled"}, INJECT, []),
+        (NAMESPACE, OPTED_IN, INJECT, []),
+        (NAMESPACE, {}, INJECT, []),
+        ("kube-system", OPTED_IN, INJECT, []),
+        ("kube-system", {}, INJECT, []),
+    ],
+)
+def test_selectors_pick_opted_in_pods_and_never_the_webhooks_namespace(
+    chart: Any,
+    namespace: str,
+    ns_labels: dict[str, str],
+    pod_labels: dict[str, str],
+    expected: list[str],
+) -> None:
+    assert called_for(render(chart), namespace, ns_labels, pod_labels) == expected
+
+
+def test_every_webhook_excludes_the_release_namespace_and_kube_system(chart: Any) -> None:
+    rendered = render(chart, EVERYTHING)
+    for hook in rendered.webhooks().values():
+        names = [
+            e["values"]
+            for e in hook["namespaceSelector"]["matchExpressions"]
+            if e["key"] == "kubernetes.io/metadata.name" and e["operator"] == "NotIn"
+        ]
+        assert names == [[NAMESPACE, "kube-system", "monitoring"]]
+    assert called_for(rendered, "monitoring", OPTED_IN, INJECT) == []
+
+
+def test_webhook_configuration_follows_the_values(chart: Any) -> None:
+    default = render(chart)
+    service = default.one("Service")
+    for hook in default.webhooks().values():
+        assert hook["admissionReviewVersions"] == ["v1"]
+        assert hook["sideEffects"] == "None"
+        assert hook["failurePolicy"] == "Ignore"  # no sidecar beats no pod
+        assert hook["timeoutSeconds"] == 10
+        assert hook["reinvocationPolicy"] == "Never"
+        assert hook["rules"] == [
+            {
+                "operations": ["CREATE"],
+                "apiGroups": [""],
+                "apiVersions": ["v1"],
+                "resources": ["pods"],
+                "scope": "Namespaced",
+            }
+        ]
+        assert hook["clientConfig"]["service"] == {
+            "name": service["metadata"]["name"],
+            "namespace": NAMESPACE,
+            "path": "/mutate",
+            "port": 443,
+        }
+    assert service["spec"]["ports"][0]["port"] == 443
+    assert service["spec"]["ports"][0]["targetPort"] == "https"
+
+    custom = render(chart, EVERYTHING)
+    for hook in custom.webhooks().values():
+        assert hook["failurePolicy"] == "Fail"
+        assert hook["timeoutSeconds"] == 5
+        assert hook["reinvocationPolicy"] == "IfNeeded"
+        assert hook["clientConfig"]["service"]["port"] == 9443
+    assert custom.one("Service")["spec"]["ports"][0]["port"] == 9443
+
+
+# --- TLS ------------------------------------------------------------------------------
+
+
+def test_generated_tls_ca_signed_the_serving_certificate(chart: Any) -> None:
+    rendered = render(chart, SCENARIOS["generated-tls"])
+    secret = rendered.one("Secret", f"{FULLNAME}-tls")
+    assert secret["type"] == "kubernetes.io/tls"
+    ca_pem = b64(secret["data"]["ca.crt"])
+    bundles = {hook["clientConfig"]["caBundle"] for hook in rendered.webhooks().values()}
+    assert len(bundles) == 1
+    assert b64(bundles.pop()) == ca_pem
+    config = rendered.one("MutatingWebhookConfiguration")
+    assert "cert-manager.io/inject-ca-from" not in config["metadata"].get("annotations", {})
+
+    ca = x509.load_pem_x509_certificate(ca_pem)
+    leaf = x509.load_pem_x509_certificate(b64(secret["data"]["tls.crt"]))
+    key = serialization.load_pem_private_key(b64(secret["data"]["tls.key"]), password=None)
+
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    leaf.verify_directly_issued_by(ca)
+    assert leaf.issuer == ca.subject
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(sans.get_values_for_type(x509.DNSName)) == SANS
+    usages = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert x509.oid.ExtendedKeyUsageOID.SERVER_AUTH in usages
+    assert key.public_key().public_numbers() == leaf.public_key().public_numbers()
+    now = dt.datetime.now(dt.UTC)
+    assert leaf.not_valid_before_utc <= now < leaf.not_valid_after_utc
+    assert leaf.not_valid_after_utc - now <= dt.timedelta(days=31)  # validityDays: 30
+
+
+def test_cert_manager_issues_the_certificate_and_injects_the_ca(chart: Any) -> None:
+    rendered = render(chart, SCENARIOS["cert-manager"])
+    assert not rendered.all("Secret")  # cert-manager writes it
+    config = rendered.one("MutatingWebhookConfiguration")
+    serving = rendered.one("Certificate", f"{FULLNAME}-serving")
+    annotation = config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
+    assert annotation == f"{NAMESPACE}/{serving['metadata']['name']}"
+    for hook in config["webhooks"]:
+        assert "caBundle" not in hook["clientConfig"]
+
+    deployment = rendered.one("Deployment")
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert serving["spec"]["secretName"] == volumes["tls"]["secret"]["secretName"]
+    assert set(serving["spec"]["dnsNames"]) == SANS
+    assert "server auth" in serving["spec"]["usages"]
+
+    # The chart's own CA: self-signed Issuer -> CA Certificate -> CA Issuer -> serving.
+    ca_issuer = rendered.one("Issuer", serving["spec"]["issuerRef"]["name"])
+    ca_cert = rendered.one("Certificate", f"{FULLNAME}-ca")
+    assert ca_cert["spec"]["isCA"] is True
+    assert ca_issuer["spec"]["ca"]["secretName"] == ca_cert["spec"]["secretName"]
+    root = rendered.one("Issuer", ca_cert["spec"]["issuerRef"]["name"])
+    assert root["spec"] == {"selfSigned": {}}
+
+
+def test_cert_manager_with_an_existing_issuer_creates_no_ca(chart: Any) -> None:
+    rendered = render(chart, SCENARIOS["cert-manager-issuer"])
+    assert not rendered.all("Issuer")
+    certificate = rendered.one("Certificate")
+    assert certificate["spec"]["issuerRef"] == {"name": "corp-ca", "kind": "ClusterIssuer"}
+
+
+# --- the webhook Deployment and the test pod -----------------------------------------
+
+RESTRICTED = {
+    "runAsNonRoot": True,
+    "runAsUser": 65532,
+    "runAsGroup": 65532,
+    "readOnlyRootFilesystem": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def test_deployment_runs_the_webhook_restricted_and_spread(chart: Any) -> None:
+    rendered = render(chart)
+    deployment = rendered.one("Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 65532
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["serviceAccountName"] == rendered.one("ServiceAccount")["metadata"]["name"]
+    [container] = pod["containers"]
+    assert container["image"] == "agent-warden:0.1.0"
+    assert container["args"] == [
+        "webhook",
+        "--listen",
+        "0.0.0.0:8443",
+        "--cert",
+        "/etc/agent-warden/tls/tls.crt",
+        "--key",
+        "/etc/agent-warden/tls/tls.key",
+        "--config",
+        "/etc/agent-warden/injector/config.yaml",
+    ]
+    assert container["securityContext"] == RESTRICTED
+    assert container["ports"] == [{"name": "https", "containerPort": 8443, "protocol": "TCP"}]
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        assert container[probe]["httpGet"] == {"path": path, "port": "https", "scheme": "HTTPS"}
+    assert container["resources"] == chart.values["resources"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    tls = volumes[mounts["/etc/agent-warden/tls"]]["secret"]["secretName"]
+    assert tls == f"{FULLNAME}-tls"
+    injector = volumes[mounts["/etc/agent-warden/injector"]]["configMap"]["name"]
+    assert injector == f"{FULLNAME}-injector"
+    anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+
+    pdb = rendered.one("PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_deployment_follows_the_values(chart: Any) -> None:
+    rendered = render(chart, EVERYTHING)
+    pod = rendered.one("Deployment")["spec"]["template"]["spec"]
+    assert pod["affinity"] == {"nodeAffinity": {}}
+    assert pod["nodeSelector"] == EVERYTHING["nodeSelector"]
+    assert pod["tolerations"] == EVERYTHING["tolerations"]
+    assert pod["topologySpreadConstraints"] == EVERYTHING["topologySpreadConstraints"]
+    assert pod["imagePullSecrets"] == [{"name": "registry"}]
+    assert pod["serviceAccountName"] == "warden-sa"
+    assert pod["containers"][0]["image"] == "registry.example/agent-warden:1.0"
+
+    assert not render(chart, {"replicas": 1}).all("PodDisruptionBudget")
+    no_sa = render(chart, {"serviceAccount": {"create": False}})
+    assert not no_sa.all("ServiceAccount")
+    assert no_sa.one("Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "default"
+
+
+def test_a_new_injector_config_rolls_the_webhook_pods(chart: Any) -> None:
+    def checksum(values: dict[str, Any]) -> str:
+        template = render(chart, values).one("Deployment")["spec"]["template"]
+        return str(template["metadata"]["annotations"]["checksum/injector-config"])
+
+    assert checksum({}) == checksum({})
+    assert checksum({}) != checksum({"injector": {"drainSeconds": 30}})
+
+
+def test_helm_test_pod_calls_healthz_over_tls(chart: Any) -> None:
+    rendered = render(chart, EVERYTHING)
+    pod = rendered.one("Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    [container] = pod["spec"]["containers"]
+    assert container["image"] == "registry.example/curl:8"
+    assert container["imagePullPolicy"] == "Always"
+    assert container["securityContext"] == RESTRICTED
+    args = container["args"]
+    assert args[-1] == f"https://{FULLNAME}.{NAMESPACE}.svc:9443/healthz"
+    assert not {"--insecure", "-k"} & set(args)
+    cacert = Path(args[args.index("--cacert") + 1])
+    [mount] = [m for m in container["volumeMounts"] if Path(m["mountPath"]) == cacert.parent]
+    [volume] = [v for v in pod["spec"]["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == f"{FULLNAME}-tls"
+    assert volume["secret"]["items"] == [{"key": "ca.crt", "path": cacert.name}]
+
+
+# --- what the injector and the sidecars read -----------------------------------------
+
+
+def injector_config(rendered: Rendered) -> dict[str, Any]:
+    configmap = rendered.one("ConfigMap", f"{FULLNAME}-injector")
+    config: dict[str, Any] = yaml.safe_load(configmap["data"]["config.yaml"])
+    assert set(config) <= INJECTOR_KEYS
+    return config
+
+
+def test_injector_config_defaults(chart: Any) -> None:
+    assert injector_config(render(chart)) == {
+        "injectByDefault": True,
+        "image": "agent-warden",
+        "tag": "0.1.0",
+        "imagePullPolicy": "IfNotPresent",
+        "nativeSidecar": True,
+        "listenPort": 15080,
+        "adminPort": 15021,
+        "policyConfigMap": "agent-warden-policy",
+        "policyKey": "policy.yaml",
+        "protocol": "auto",
+        "resources": chart.values["injector"]["resources"],
+        "drainSeconds": 20,
+        "env": [],
+    }
+
+
+def test_injector_config_has_the_values_given(chart: Any) -> None:
+    resources = {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "1Gi"}}
+    env = [{"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://collector:4318"}]
+    values = {
+        "image": {"repository": "registry.example/agent-warden", "tag": "0.2.0"},
+        "injector": {
+            "injectByDefault": False,
+            "image": {"tag": "0.1.9", "pullPolicy": "Always"},
+            "nativeSidecar": False,
+            "listenPort": 18080,
+            "adminPort": 19901,
+            "protocol": "a2a",
+            "drainSeconds": 45,
+            "resources": resources,
+            "env": env,
+        },
+        "policy": {"configMapName": "warden-policy", "key": "rules.yaml"},
+    }
+    assert injector_config(render(chart, values)) == {
+        "injectByDefault": False,
+        "image": "registry.example/agent-warden",  # the webhook's image
+        "tag": "0.1.9",
+        "imagePullPolicy": "Always",
+        "nativeSidecar": False,
+        "listenPort": 18080,
+        "adminPort": 19901,
+        "policyConfigMap": "warden-policy",
+        "policyKey": "rules.yaml",
+        "protocol": "a2a",
+        "resources": resources,
+        "drainSeconds": 45,
+        "env": env,
+    }
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_the_injector_accepts_the_rendered_config(chart: Any, scenario: str) -> None:
+    inject_config = pytest.importorskip("proxy.inject.config")
+    rendered = render(chart, SCENARIOS[scenario])
+    text = rendered.one("ConfigMap", f"{FULLNAME}-injector")["data"]["config.yaml"]
+    parsed = inject_config.parse_config(text, "config.yaml")
+    given = yaml.safe_load(text)
+    assert parsed.inject_by_default is given["injectByDefault"]
+    assert parsed.image_ref == f"{given['image']}:{given['tag']}"
+    assert parsed.policy_config_map == given["policyConfigMap"]
+    assert list(parsed.env) == given["env"]
+
+
+def policy_configmaps(rendered: Rendered) -> list[dict[str, Any]]:
+    return [
+        o
+        for o in rendered.all("ConfigMap")
+        if o["metadata"]["labels"]["app.kubernetes.io/component"] == "policy"
+    ]
+
+
+def test_default_policy_passes_the_policy_loader(chart: Any) -> None:
+    [configmap] = policy_configmaps(render(chart))
+    assert configmap["metadata"]["namespace"] == NAMESPACE
+    policy = parse_policy(configmap["data"]["policy.yaml"], "policy.yaml")
+    assert policy.defaults.tools.allows("lookup_order")
+    assert not policy.defaults.tools.allows("reset_admin")
+
+
+def test_inline_policy_reaches_the_configmap_byte_for_byte(chart: Any) -> None:
+    text = (ROOT / "policies" / "strict.yaml").read_text()  # comments and all
+    rendered = render(chart, {"policy": {"inline": text, "namespaces": ["agents", "billing"]}})
+    configmaps = policy_configmaps(rendered)
+    assert sorted(c["metadata"]["namespace"] for c in configmaps) == sorted(
+        [NAMESPACE, "agents", "billing"]
+    )
+    for configmap in configmaps:
+        assert configmap["metadata"]["name"] == "agent-warden-policy"
+        assert configmap["data"] == {"policy.yaml": text}
+        parse_policy(configmap["data"]["policy.yaml"], "policy.yaml")
+
+
+def test_existing_configmap_is_used_not_created(chart: Any) -> None:
+    rendered = render(chart, SCENARIOS["existing-configmap"])
+    assert not policy_configmaps(rendered)
+    assert injector_config(rendered)["policyConfigMap"] == "team-policy"
+    assert "team-policy" in rendered.notes
+
+
+# --- names, NOTES, README -------------------------------------------------------------
+
+
+def test_names_fit_kubernetes_limits(chart: Any) -> None:
+    assert render(chart, release="agent-warden").one("Deployment")["metadata"]["name"] == (
+        "agent-warden"
+    )
+    long_release = "a" * 53  # the longest release name Helm allows
+    for scenario in ("cert-manager", "generated-tls"):
+        rendered = render(chart, SCENARIOS[scenario], release=long_release)
+        for obj in rendered.objects:
+            assert len(obj["metadata"]["name"]) <= 63, obj["metadata"]["name"]
+    secret = rendered.one("Secret")
+    leaf = x509.load_pem_x509_certificate(b64(secret["data"]["tls.crt"]))
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert f"{rendered.one('Service')['metadata']['name']}.{NAMESPACE}.svc" in (
+        sans.get_values_for_type(x509.DNSName)
+    )
+
+
+def test_notes_explain_opt_in_policy_and_sessions(chart: Any) -> None:
+    notes = render(chart).notes
+    for needle in (
+        "kubectl label namespace <ns> agent-warden.dev/injection=enabled",
+        'agent-warden.dev/inject: "true"',
+        "agent-warden.dev/upstream-port",
+        "--set-file policy.inline=",
+        "localhost:15021/sessions",
+        f"helm test {RELEASE} -n {NAMESPACE}",
+        "failurePolicy Ignore",
+    ):
+        assert needle in notes, needle
+    strict = render(chart, SCENARIOS["annotation-required"]).notes
+    assert "required: injectByDefault is false" in strict
+
+
+def value_paths(node: dict[str, Any], prefix: str = "") -> Iterator[str]:
+    """Every documented key: nested down to leaves, maps of Kubernetes types excepted."""
+    for key, child in node.items():
+        path = f"{prefix}{key}"
+        if isinstance(child, dict) and child and key != "resources":
+            yield from value_paths(child, f"{path}.")
+        else:
+            yield path
+
+
+def test_readme_documents_every_value(chart: Any) -> None:
+    readme = (CHART_DIR / "README.md").read_text()
+    missing = [p for p in value_paths(chart.values) if f"`{p}`" not in readme]
+    assert not missing
