@@ -18,6 +18,7 @@ from proxy.app import Runtime, build_admin_app, build_proxy_app, services
 from proxy.config import ConfigError, Settings, env_name, from_options
 from proxy.inject import cli as inject_cli
 from proxy.policy import DEFAULT_POLICY, PolicyError, check_files, load_policy
+from proxy.sessions import open_store
 from proxy.telemetry import Telemetry
 
 log = logging.getLogger("agent_warden")
@@ -29,6 +30,7 @@ _RUN_FLAGS: tuple[tuple[str, str], ...] = (
     ("--admin", "HOST:PORT of the admin listener (default 127.0.0.1:9901)"),
     ("--policy", "policy file (YAML); without it the built-in default policy applies"),
     ("--protocol", "auto, mcp or a2a (default auto)"),
+    ("--store", "session store: memory (default) or redis://[user:pass@]host:port/db[?prefix=p]"),
     ("--public-url", "the proxy's URL as agents reach it; A2A agent cards are rewritten to it"),
     ("--connect-timeout", "upstream connect timeout (default 5s)"),
     ("--response-timeout", "time allowed until the upstream's response headers (default 120s)"),
@@ -147,7 +149,7 @@ def _run(args: argparse.Namespace) -> int:
     settings = from_options(_options(args))
     logs.setup(settings.log_level)
     policy = load_policy(settings.policy) if settings.policy else DEFAULT_POLICY
-    runtime = Runtime(settings=settings, policy=policy)
+    runtime = Runtime(settings=settings, policy=policy, store=open_store(settings.store))
     runtime.telemetry = Telemetry.from_env(runtime.metrics)
     runtime.set_policy(policy)
     try:

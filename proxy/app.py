@@ -20,7 +20,7 @@ from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.metrics import CloseCause, Metrics, ReloadResult
 from proxy.policy import PolicyError, PolicyFile
 from proxy.policy.watch import PolicyWatcher
-from proxy.sessions.base import SessionStore
+from proxy.sessions.base import SessionStore, StoreUnavailable
 from proxy.sessions.memory import MemoryStore
 from proxy.telemetry import Telemetry
 
@@ -135,12 +135,15 @@ def build_admin_app(runtime: Runtime) -> web.Application:
             return web.json_response({"status": "draining"}, status=503)
         if not runtime.ready:
             return web.json_response({"status": "starting"}, status=503)
-        if not await runtime.store.healthy():
+        if not await _healthy(runtime.store):
             return web.json_response({"status": "store unavailable"}, status=503)
         return web.json_response({"status": "ready"})
 
     async def metrics(_: web.Request) -> web.Response:
-        live[0] = float(await runtime.store.live_count(time.time()))
+        try:
+            live[0] = float(await runtime.store.live_count(time.time()))
+        except StoreUnavailable:
+            live[0] = float("nan")  # unknown while the store is away; the scrape still works
         return web.Response(
             body=runtime.metrics.render(),
             headers={"Content-Type": METRICS_CONTENT_TYPE},
@@ -180,6 +183,9 @@ def build_admin_app(runtime: Runtime) -> web.Application:
             return await handler(request)
         except (web.HTTPNotFound, web.HTTPMethodNotAllowed):
             return _error_response(runtime, WardenError(E.METHOD_NOT_FOUND))
+        except StoreUnavailable as exc:
+            log.error("session store unavailable", extra={"error": str(exc)[:200]})
+            return _error_response(runtime, WardenError(E.POLICY_STORE_UNAVAILABLE))
 
     app.middlewares.append(envelopes)
     app.router.add_get("/livez", livez)
@@ -188,6 +194,13 @@ def build_admin_app(runtime: Runtime) -> web.Application:
     app.router.add_get("/sessions", sessions)
     app.router.add_delete("/sessions/{id}", close_session)
     return app
+
+
+async def _healthy(store: SessionStore) -> bool:
+    try:
+        return await store.healthy()
+    except StoreUnavailable:
+        return False
 
 
 async def _sweep(runtime: Runtime) -> None:

@@ -38,6 +38,7 @@ class Settings:
     policy: str | None = None
     protocol: Protocol = "auto"
     public_url: str | None = None  # the proxy's address as A2A clients reach it
+    store: str = "memory"  # or redis://host:port/db (rediss:// for TLS)
     connect_timeout: float = 5.0
     response_timeout: float = 120.0  # time to the upstream's response headers
     stream_idle_timeout: float = 300.0  # silence allowed inside a streamed body
@@ -141,6 +142,11 @@ def from_options(options: Mapping[str, str | None]) -> Settings:
         return default if value is None else seconds(value, "--" + name.replace("_", "-"))
 
     max_body = opt("max_body_size")
+    store = opt("store") or "memory"
+    if store != "memory" and not store.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(
+            f"--store: expected memory, redis://host:port/db or rediss://..., got {store!r}"
+        )
     public = opt("public_url")
     if public is not None:
         public = str(parse_upstream(public, "--public-url")).rstrip("/")
@@ -151,6 +157,7 @@ def from_options(options: Mapping[str, str | None]) -> Settings:
         policy=opt("policy"),
         protocol=protocol,
         public_url=public,
+        store=store,
         connect_timeout=dur("connect_timeout", defaults.connect_timeout),
         response_timeout=dur("response_timeout", defaults.response_timeout),
         stream_idle_timeout=dur("stream_idle_timeout", defaults.stream_idle_timeout),

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import pytest
 
+from tests.redis_server import RedisServer, RedisServerMissing
 from tests.upstreams import a2a_server, mcp_server
 from tests.upstreams.serve import (
     LOOPBACK,
@@ -241,3 +242,21 @@ def run_proxy_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunPr
         yield launcher
     finally:
         launcher.stop_all()
+
+
+# --- a real Redis, for the shared session store -------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A `redis-server` on a free loopback port, persistence off, for the whole test run.
+
+    `.url` is `redis://127.0.0.1:<port>/0`; give each test its own key prefix. Tests that
+    stop the server start their own `RedisServer` instead of stopping this one.
+    """
+    try:
+        server = RedisServer()
+    except RedisServerMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
+    with server:
+        yield server

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -17,6 +18,8 @@ import pytest
 from proxy.errors import E
 from proxy.sessions.base import Call, Denial, LimitKind, Limits, SessionStore
 from proxy.sessions.memory import MemoryStore
+from proxy.sessions.redis import RedisStore
+from tests.redis_server import RedisServer
 
 StoreFactory = Callable[[pytest.FixtureRequest], Awaitable[SessionStore]]
 
@@ -25,8 +28,17 @@ async def _memory(request: pytest.FixtureRequest) -> SessionStore:
     return MemoryStore()
 
 
+async def _redis(request: pytest.FixtureRequest) -> SessionStore:
+    """A fresh key prefix per test on the session's ``redis-server``, flushed afterwards."""
+    server: RedisServer = request.getfixturevalue("redis_server")
+    prefix = f"test-{uuid.uuid4().hex}:"
+    request.addfinalizer(lambda: server.flush(prefix))
+    return RedisStore.from_url(f"{server.url}?prefix={prefix}")
+
+
 STORES: dict[str, StoreFactory] = {
     "memory": _memory,
+    "redis": _redis,
 }
 
 

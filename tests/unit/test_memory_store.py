@@ -1,4 +1,4 @@
-"""The in-memory store: the shared decision suite, then heap, tombstones and size."""
+"""The in-memory store beyond the shared suite: heap, tombstones and size."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import uuid
 from proxy.errors import E
 from proxy.sessions.base import Call, Limits
 from proxy.sessions.memory import MemoryStore
-from tests.unit.store_contract import *  # noqa: F403  (the shared suite runs here)
 from tests.unit.store_contract import T0, open_session, session_reason
 
 CALL = Call(counted=True)
