@@ -108,6 +108,11 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "policy-namespaces": {"policy": {"namespaces": ["agents", "billing"]}},
     "single-replica": {"replicas": 1},
     "no-service-account": {"serviceAccount": {"create": False}},
+    "redis-store": {
+        "store": {"url": "redis://redis.agents:6379/0?prefix=warden:"},
+        "policy": {"namespaces": ["agents"]},
+    },
+    "redis-store-existing-secret": {"store": {"existingSecret": "team-redis", "secretKey": "u"}},
     "everything": EVERYTHING,
 }
 
@@ -242,7 +247,9 @@ def test_every_object_carries_the_standard_labels(chart: Any, scenario: str) -> 
         labels = obj["metadata"]["labels"]
         where = f"{obj['kind']}/{obj['metadata']['name']}"
         assert expected.items() <= labels.items(), where
-        assert labels["app.kubernetes.io/component"] in {"webhook", "policy", "test"}, where
+        assert labels["app.kubernetes.io/component"] in {"webhook", "policy", "store", "test"}, (
+            where
+        )
         if obj["kind"] == "Deployment":
             pod_labels = obj["spec"]["template"]["metadata"]["labels"]
             assert expected.items() <= pod_labels.items()
@@ -786,3 +793,40 @@ def test_readme_documents_every_value(chart: Any) -> None:
     readme = (CHART_DIR / "README.md").read_text()
     missing = [p for p in value_paths(chart.values) if f"`{p}`" not in readme]
     assert not missing
+
+
+# --- the shared session store ----------------------------------------------------------
+
+
+def _sidecar_env(rendered: Rendered) -> list[dict[str, Any]]:
+    config = yaml.safe_load(
+        rendered.one("ConfigMap", f"{RELEASE}-agent-warden-injector")["data"]["config.yaml"]
+    )
+    env: list[dict[str, Any]] = config["env"]
+    return env
+
+
+def test_store_url_reaches_the_sidecars_from_a_secret_in_each_namespace(chart: Any) -> None:
+    rendered = render(chart, SCENARIOS["redis-store"])
+    secrets = {
+        s["metadata"]["namespace"]: s
+        for s in rendered.all("Secret")
+        if s["metadata"]["name"] == "agent-warden-store"
+    }
+    assert set(secrets) == {NAMESPACE, "agents"}
+    assert secrets["agents"]["stringData"] == {"url": "redis://redis.agents:6379/0?prefix=warden:"}
+    [store] = [e for e in _sidecar_env(rendered) if e["name"] == "AGENT_WARDEN_STORE"]
+    assert store["valueFrom"] == {"secretKeyRef": {"name": "agent-warden-store", "key": "url"}}
+    assert "value" not in store  # the URL (and its password) stays out of the ConfigMap
+
+
+def test_an_existing_store_secret_is_referenced_not_created(chart: Any) -> None:
+    rendered = render(chart, SCENARIOS["redis-store-existing-secret"])
+    assert not [s for s in rendered.all("Secret") if "store" in s["metadata"]["name"]]
+    [store] = [e for e in _sidecar_env(rendered) if e["name"] == "AGENT_WARDEN_STORE"]
+    assert store["valueFrom"]["secretKeyRef"] == {"name": "team-redis", "key": "u"}
+
+
+def test_without_a_store_the_sidecars_keep_sessions_in_memory(chart: Any) -> None:
+    rendered = render(chart)
+    assert not [e for e in _sidecar_env(rendered) if e["name"] == "AGENT_WARDEN_STORE"]
