@@ -135,7 +135,8 @@ def build_admin_app(runtime: Runtime) -> web.Application:
             return web.json_response({"status": "draining"}, status=503)
         if not runtime.ready:
             return web.json_response({"status": "starting"}, status=503)
-        if not await _healthy(runtime.store):
+        # Failing open, a pod without its store still serves: it stays in the Service.
+        if runtime.policy.store_failure == "closed" and not await _healthy(runtime.store):
             return web.json_response({"status": "store unavailable"}, status=503)
         return web.json_response({"status": "ready"})
 

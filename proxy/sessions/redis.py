@@ -30,8 +30,10 @@ clock skew between replicas and Redis moves when memory is reclaimed, never a de
 Index TTLs are only ever extended; a session's own TTL follows its deadline.
 
 Faults: a connection error, a timeout, LOADING, READONLY, MASTERDOWN, OOM or BUSY raise
-``StoreUnavailable``. Nothing is retried: a decision must not run twice. The pool
-reconnects by itself once the server is back.
+``StoreUnavailable``. A script whose pooled connection turns out closed (the server
+restarted) is run once more on a fresh connection; nothing else is retried. Running a
+script twice can only count a call twice or hold a place twice, so it errs on the strict
+side and never lets one more call through. The pool reconnects by itself.
 """
 
 from __future__ import annotations
@@ -474,7 +476,14 @@ class RedisStore:
 
     async def _run(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
         with _unavailable():
-            return await script(keys, args)
+            try:
+                return await script(keys, args)
+            except rx.TimeoutError:
+                raise
+            except rx.ConnectionError:
+                # A connection the server closed (a restart) fails once; the pool has
+                # dropped it, and the next connection is new.
+                return await script(keys, args)
 
     # --- the cap --------------------------------------------------------------------------
 
