@@ -30,9 +30,10 @@ test: system-deps lint typecheck
 demo: $(STAMP)
 	@sh examples/demo.sh
 
-bench: $(STAMP)
+bench: $(STAMP) system-deps
 	sh bench/install.sh
 	$(BIN)/python bench/bench.py
+	$(BIN)/python bench/store.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info
