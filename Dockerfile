@@ -6,7 +6,8 @@ RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy
-RUN /opt/venv/bin/pip install .
+# uvloop: the event loop the proxy uses when it is installed (about a quarter less CPU).
+RUN /opt/venv/bin/pip install '.[fast]'
 
 # The final stage has the interpreter and the installed venv only: no build tools, no sources.
 FROM python:3.11-slim
