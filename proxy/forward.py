@@ -385,13 +385,24 @@ class Forwarder:
                 await out.write(f"event: message\ndata: {payload}\n\n".encode())
             pending = {i for i in info.request_ids if i not in {e["id"] for e in denied}}
             return await self._relay_events(request, info, resp, headers, verdict, pending, out)
+        read = await self._read_json(request, info, resp)
+        if isinstance(read, web.Response):
+            return read
+        _, doc, _ = read
+        answered = doc if isinstance(doc, list) else [doc] if isinstance(doc, dict) else []
+        return _json_response([*answered, *denied])
+
+    async def _read_json(
+        self, request: web.Request, info: Classified, resp: ClientResponse
+    ) -> tuple[bytes, Any, bool] | web.Response:
+        """``(body, parsed JSON or None, readable)`` of a body the proxy must inspect, or the
+        envelope when the upstream failed mid-body. Not readable: too large or encoded."""
         try:
             data, whole = await self._read_bounded(resp)
         except (ClientPayloadError, ClientConnectionError, TimeoutError) as exc:
             return self._upstream_error(request, info, exc)
-        doc = _json_or_none(data) if whole and data.strip() else None
-        answered = doc if isinstance(doc, list) else [doc] if isinstance(doc, dict) else []
-        return _json_response([*answered, *denied])
+        readable = whole and not _encoded(resp)
+        return data, _json_or_none(data) if readable else None, readable
 
     async def _read_bounded(self, resp: ClientResponse) -> tuple[bytes, bool]:
         """The body if it fits the inspection limit; ``(prefix, False)`` when it does not."""
@@ -418,13 +429,12 @@ class Forwarder:
         headers: CIMultiDict[str],
         verdict: Admission,
     ) -> web.StreamResponse:
-        try:
-            data, whole = await self._read_bounded(resp)
-        except (ClientPayloadError, ClientConnectionError, TimeoutError) as exc:
-            return self._upstream_error(request, info, exc)
-        if not whole or _encoded(resp):  # too large or encoded to inspect: trusted as it is
+        read = await self._read_json(request, info, resp)
+        if isinstance(read, web.Response):
+            return read
+        data, doc, readable = read
+        if not readable:  # too large or encoded to inspect: trusted as it is
             return await self._relay(request, resp, headers, prefix=data)
-        doc = _json_or_none(data)
         if doc is None or not jsonrpc.is_response(doc):
             return self._invalid_response(request, info, resp)
         if info.protocol == "a2a" and (fixed := normalize_jsonrpc_error(doc)) is not None:
@@ -452,11 +462,11 @@ class Forwarder:
         headers: CIMultiDict[str],
     ) -> web.StreamResponse:
         """An agent card whose interface URLs point at the upstream: moved to the proxy."""
-        try:
-            data, whole = await self._read_bounded(resp)
-        except (ClientPayloadError, ClientConnectionError, TimeoutError) as exc:
-            return self._upstream_error(request, info, exc)
-        card = self._moved_card(_json_or_none(data)) if whole and not _encoded(resp) else None
+        read = await self._read_json(request, info, resp)
+        if isinstance(read, web.Response):
+            return read
+        data, doc, _ = read
+        card = self._moved_card(doc) if doc is not None else None
         if card is None:
             return web.Response(body=data, status=resp.status, reason=resp.reason, headers=headers)
         headers.popall(hdrs.ETAG, None)  # the representation changed
@@ -480,16 +490,16 @@ class Forwarder:
         verdict: Admission,
     ) -> web.StreamResponse:
         """An A2A REST answer: must be JSON; what it reveals binds the session."""
-        try:
-            data, whole = await self._read_bounded(resp)
-        except (ClientPayloadError, ClientConnectionError, TimeoutError) as exc:
-            return self._upstream_error(request, info, exc)
-        if not whole or _encoded(resp):
+        read = await self._read_json(request, info, resp)
+        if isinstance(read, web.Response):
+            return read
+        data, doc, readable = read
+        if not readable:
             return await self._relay(request, resp, headers, prefix=data)
-        doc = _json_or_none(data) if data.strip() else {}
-        if doc is None:
+        if doc is None and data.strip():
             return self._invalid_response(request, info, resp)
-        await self._gate.learn(verdict, [doc])
+        if doc is not None:
+            await self._gate.learn(verdict, [doc])
         return web.Response(body=data, status=resp.status, reason=resp.reason, headers=headers)
 
     def _invalid_response(
@@ -510,11 +520,10 @@ class Forwarder:
         resp: ClientResponse,
         headers: CIMultiDict[str],
     ) -> web.StreamResponse:
-        try:
-            data, whole = await self._read_bounded(resp)
-        except (ClientPayloadError, ClientConnectionError, TimeoutError) as exc:
-            return self._upstream_error(request, info, exc)
-        doc = _json_or_none(data) if whole and not _encoded(resp) else None
+        read = await self._read_json(request, info, resp)
+        if isinstance(read, web.Response):
+            return read
+        data, doc, _ = read
         status = resp.status
         a2a_side = info.protocol == "a2a"
         if info.binding is Binding.JSONRPC and doc is not None and jsonrpc.is_error_response(doc):
