@@ -221,7 +221,11 @@ class Forwarder:
             # A session the proxy issued ends here: the stateless upstream never knew it.
             await self._gate.settle(verdict, 200, None)
             return web.Response(status=200)
-        return await self._forward(request, info, body, verdict)
+        try:
+            return await self._forward(request, info, body, verdict)
+        finally:
+            # Whatever happened (the client left, the upstream failed): no place stays held.
+            await self._gate.finish(verdict)
 
     async def _read_request(self, request: web.Request) -> bytes:
         limit = self._settings.max_body_size
@@ -329,7 +333,6 @@ class Forwarder:
         finally:
             resp.release()
             trace.upstream_answered(resp.status)  # after the body: the whole upstream call
-            await self._gate.finish(verdict)
 
     # -- response side ------------------------------------------------------------------
 

@@ -391,3 +391,26 @@ async def test_keepalive_connections_are_reused_safely(proxy: str, http: ClientS
         ids.append((await resp.json())["id"])
         resp.release()
     assert sorted(ids) == list(range(50))
+
+
+async def test_a_client_that_leaves_frees_its_place_under_the_cap(
+    broken: Broken, start_upstream: StartUpstream, start_proxy: StartProxy, http: ClientSession
+) -> None:
+    from aiohttp import ClientTimeout
+
+    from proxy.policy import parse_policy
+
+    policy = parse_policy("version: 1\ndefaults: {session: {max_per_agent: 1}}\n", "cap.yaml")
+    proxy = await start_proxy(await start_upstream(broken.app()), policy=policy)
+    init = rpc("initialize", rid=1, protocolVersion="2025-06-18", capabilities={})
+    headers = {**JSON, "X-Agent-Id": "leaver"}
+    with pytest.raises(asyncio.TimeoutError):  # the upstream never answers: the client gives up
+        await http.post(f"{proxy}/held", data=init, headers=headers, timeout=ClientTimeout(0.3))
+    for _ in range(100):  # the proxy notices the client left and frees the reserved place
+        async with http.post(f"{proxy}/session-init", data=init, headers=headers) as resp:
+            doc = await resp.json()
+        if "result" in doc:
+            break
+        assert error_info(doc["error"]["data"])["reason"] == "TOO_MANY_SESSIONS"
+        await asyncio.sleep(0.05)
+    assert doc["result"]["protocolVersion"] == "2025-06-18"

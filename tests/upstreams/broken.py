@@ -52,6 +52,7 @@ class Broken:
         app.router.add_route("*", "/hop", self.hop)
         app.router.add_route("*", "/accepted", self.accepted)
         app.router.add_post("/session-init", self.session_init)
+        app.router.add_post("/held", self.held)
         return app
 
     async def echo(self, request: web.Request) -> web.Response:
@@ -207,3 +208,8 @@ class Broken:
         result = {"protocolVersion": "2025-06-18", "capabilities": {}, "serverInfo": {}}
         doc = {"jsonrpc": "2.0", "id": body["id"], "result": result}
         return web.json_response(doc, headers={"Mcp-Session-Id": "up-1"})
+
+    async def held(self, request: web.Request) -> web.Response:
+        await request.read()
+        await self.gate.wait()  # never opened by the tests that use it
+        return web.json_response({"jsonrpc": "2.0", "id": 1, "result": {}})
