@@ -141,8 +141,8 @@ async def _read_review(request: web.Request) -> object:
         raise BadReview("empty body; expected an AdmissionReview")
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadReview(f"body is not JSON: {exc}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise BadReview(f"body is not JSON: {type(exc).__name__}") from None
 
 
 async def _mutate(request: web.Request) -> web.Response:

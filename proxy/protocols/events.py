@@ -49,7 +49,7 @@ class StreamWatch:
         for data in event_data(events):
             try:
                 doc = json.loads(data)
-            except ValueError:
+            except (ValueError, RecursionError):  # not ours to judge: relayed as it came
                 continue
             if not self._jsonrpc:  # REST stream: each event is a StreamResponse
                 results.append(doc)
