@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,7 +20,9 @@ from proxy.gate import Gate
 from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.metrics import CloseCause, Metrics, ReloadResult
 from proxy.policy import PolicyError, PolicyFile
+from proxy.policy.grant import GrantError, parse_grant
 from proxy.policy.watch import PolicyWatcher
+from proxy.protocols import jsonrpc
 from proxy.sessions.base import SessionStore, StoreUnavailable
 from proxy.sessions.memory import MemoryStore
 from proxy.telemetry import Telemetry
@@ -156,6 +159,7 @@ def build_admin_app(runtime: Runtime) -> web.Application:
             {
                 "id": s.id,
                 "agent": s.agent,
+                "kind": s.kind.value,
                 "protocol": s.protocol,
                 "created": _iso(s.created),
                 "last_used": _iso(s.last_used),
@@ -164,6 +168,31 @@ def build_admin_app(runtime: Runtime) -> web.Application:
             for s in sorted(found, key=lambda s: s.created)
         ]
         return web.json_response({"sessions": listed, "count": len(listed)})
+
+    async def mint_session(request: web.Request) -> web.Response:
+        try:
+            doc = jsonrpc.loads_strict(await request.read())
+            grant = parse_grant(doc)
+        except (ValueError, RecursionError, GrantError) as exc:
+            problem = str(exc) if isinstance(exc, GrantError) else "body: expected a JSON object"
+            log.info("mint refused", extra={"problem": problem})
+            rendered = render_aip193(
+                WardenError(E.INVALID_REQUEST),
+                domain=runtime.error_style.domain,
+                a2a_spec=runtime.error_style.a2a_spec,
+            )
+            body = json.loads(rendered.body)
+            body["error"]["message"] = f"invalid request: {problem}"
+            return web.json_response(body, status=rendered.status)
+        minted = await runtime.gate().mint(grant)
+        if not isinstance(minted, tuple):
+            return _error_response(runtime, WardenError(minted.reason))
+        sid, expires = minted
+        log.info("session minted", extra={"session": sid, "agent": grant.agent})
+        return web.json_response(
+            {"id": sid, "agent": grant.agent, "kind": "minted", "expires_at": _iso(expires)},
+            status=201,
+        )
 
     async def close_session(request: web.Request) -> web.Response:
         sid = request.match_info["id"]
@@ -193,6 +222,7 @@ def build_admin_app(runtime: Runtime) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/sessions", sessions)
+    app.router.add_post("/sessions", mint_session)
     app.router.add_delete("/sessions/{id}", close_session)
     return app
 

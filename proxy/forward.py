@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,14 +46,21 @@ from proxy.errors.normalize import (
     rest_reason_for_jsonrpc_code,
 )
 from proxy.errors.render import jsonrpc_code
-from proxy.gate import Admission, Gate, Refusal
+from proxy.gate import (
+    LEGACY_SESSION_PREFIX,
+    MINTED_HEADER,
+    Admission,
+    Gate,
+    LegacySession,
+    Refusal,
+)
 from proxy.metrics import HTTP_METHODS, OTHER, Metrics, RequestOutcome
 from proxy.protocols import a2a, jsonrpc, mcp
 from proxy.protocols.card import card_is_signed, rewrite_card
 from proxy.protocols.classify import Binding, Classified, Protocol, classify, reads_body
 from proxy.protocols.events import StreamWatch
 from proxy.protocols.mcp import SESSION_HEADER
-from proxy.protocols.sse import EventSplitter
+from proxy.protocols.sse import EventSplitter, build_event, event_fields, split_events
 from proxy.telemetry import (
     NOOP,
     Telemetry,
@@ -79,10 +87,18 @@ HOP_BY_HOP = frozenset(
     }
 )
 # Set by the proxy itself on the way up.
-_REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "expect", "accept-encoding"}
+# Warden-Session names a minted session: the proxy's business, never the upstream's.
+_REQUEST_DROP = HOP_BY_HOP | {
+    "host",
+    "content-length",
+    "expect",
+    "accept-encoding",
+    MINTED_HEADER.lower(),
+}
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 # Kept when an upstream error body is rewritten: they still mean something to the client.
 _KEPT_ON_REWRITE = ("Retry-After", "WWW-Authenticate", "Allow", SESSION_HEADER)
+_SSE_HEADERS = {"X-Accel-Buffering": "no"}  # nginx and kin in front must not buffer events
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "PUT"})
 _UPSTREAM_MESSAGE_MAX = 200
 _CHUNK = 64 * 1024
@@ -128,6 +144,16 @@ def upstream_failure(exc: BaseException) -> E:
     return E.UPSTREAM_UNAVAILABLE
 
 
+@dataclass(slots=True)
+class _LegacyStream:
+    """An MCP 2024-11-05 event stream this process relays: where its POSTs' answers go."""
+
+    session: LegacySession
+    out: web.StreamResponse
+    tools_lists: dict[jsonrpc.JsonRpcId, Admission]  # pending tools/list ids -> their caller
+    remembers: Admission | None = None  # who asked last: input_required states bind to it
+
+
 class Forwarder:
     """One handler for every method and path; holds the pooled upstream client."""
 
@@ -148,7 +174,11 @@ class Forwarder:
         self._gate = gate
         self._hint: Protocol = "unknown"  # what earlier requests revealed about the upstream
         self._base = str(settings.upstream).rstrip("/")
+        self._base_path = URL(self._base).raw_path.rstrip("/")
         self._public_url = settings.public_url
+        # MCP 2024-11-05: message endpoint (path?query) -> its stream; and the bare paths.
+        self._legacy: dict[str, _LegacyStream] = {}
+        self._legacy_paths: dict[str, int] = {}
 
     # -- request side -------------------------------------------------------------------
 
@@ -157,9 +187,6 @@ class Forwarder:
         metrics = self._metrics
         metrics.in_flight.inc()
         request[_OUTCOME] = RequestOutcome.ALLOWED
-        trace = request[_TRACE] = self._telemetry.begin(
-            request.method, request.path, request.scheme, request.host, request.headers
-        )
         status = 500
         try:
             response = await self._handle(request)
@@ -169,7 +196,7 @@ class Forwarder:
             status = 499  # the client went away
             raise
         finally:
-            trace.end(status)
+            self._trace(request).end(status)
             metrics.in_flight.dec()
             info = request.get(_INFO)
             if info is None:
@@ -194,7 +221,7 @@ class Forwarder:
             request.method, request.path, request.headers, body, settings.protocol, self._hint
         )
         request[_INFO] = info
-        trace = request[_TRACE]
+        trace = self._trace(request, info)
         if trace is not NOOP:
             trace.classified(*span_attributes(info, request.headers))
         if info.invalid is not None:
@@ -203,11 +230,28 @@ class Forwarder:
             return self._error(info, WardenError(err), trace)
         if info.protocol != "unknown" and info.binding is not Binding.OPAQUE:
             self._hint = info.protocol
-        verdict = await self._gate.admit(request.method, request.headers, info)
+        if info.protocol == "mcp" and info.body is not None and _header_mismatch(request, info):
+            request[_OUTCOME] = RequestOutcome.INVALID
+            return self._error(info, WardenError(E.HEADER_MISMATCH), trace)
+        legacy: _LegacyStream | None = None
+        if request.method == "POST" and self._legacy_paths:
+            legacy = self._legacy.get(request.raw_path)
+            if legacy is None and request.path in self._legacy_paths:
+                # A message endpoint of no stream here: nothing to judge it in.
+                request[_OUTCOME] = RequestOutcome.DENIED
+                return self._error(info, WardenError(E.SESSION_NOT_FOUND), trace)
+        verdict = await self._gate.admit(
+            request.method,
+            request.headers,
+            info,
+            legacy.session if legacy is not None else None,
+        )
         if trace is not NOOP:
             trace.decided(decision_attributes(verdict))
         if isinstance(verdict, Refusal):
             request[_OUTCOME] = RequestOutcome.DENIED
+            if legacy is not None:
+                return await self._answer_on_stream(legacy, info, verdict.error)
             return self._error(info, verdict.error, trace)
         if verdict.decision != "allow":
             request[_OUTCOME] = (
@@ -215,17 +259,175 @@ class Forwarder:
                 if verdict.decision == "audit-deny"
                 else RequestOutcome.DENIED  # part of a batch refused
             )
-        if verdict.forwards_nothing:
+        if legacy is not None:
+            self._note_legacy_calls(legacy, info, verdict)
+            if verdict.denied_errors:
+                await self._inject(legacy, verdict.denied_errors)
+            if verdict.forwards_nothing:
+                return _accepted()
+        elif verdict.forwards_nothing:
             return _json_response(verdict.denied_errors)
         if verdict.strip_session and request.method == "DELETE":
             # A session the proxy issued ends here: the stateless upstream never knew it.
             await self._gate.settle(verdict, 200, None)
             return web.Response(status=200)
         try:
-            return await self._forward(request, info, body, verdict)
+            return await self._forward(request, info, body, verdict, legacy)
         finally:
             # Whatever happened (the client left, the upstream failed): no place stays held.
             await self._gate.finish(verdict)
+
+    # -- MCP 2024-11-05 HTTP+SSE -----------------------------------------------------------
+
+    async def _answer_on_stream(
+        self, legacy: _LegacyStream, info: Classified, err: WardenError
+    ) -> web.StreamResponse:
+        """A denial where that transport delivers answers: on the session's event stream."""
+        style = self._style()
+        ids = info.request_ids
+        for request_id in ids:
+            event = render_sse_jsonrpc(
+                err, request_id, domain=style.domain, a2a_spec=style.a2a_spec
+            )
+            await self._write_event(legacy, event)
+        if not ids and info.body is None:  # not even JSON-RPC: nothing to answer there
+            return self._error(info, err)
+        return _accepted()
+
+    async def _inject(self, legacy: _LegacyStream, errors: list[dict[str, Any]]) -> None:
+        for error in errors:
+            payload = json.dumps(error, separators=(",", ":"))
+            await self._write_event(legacy, f"event: message\ndata: {payload}\n\n".encode())
+
+    @staticmethod
+    async def _write_event(legacy: _LegacyStream, event: bytes) -> None:
+        try:
+            await legacy.out.write(event)  # one write, one whole event: never interleaved
+        except (ConnectionResetError, RuntimeError):
+            log.info("event stream gone before a denial could be delivered")
+
+    def _note_legacy_calls(
+        self, legacy: _LegacyStream, info: Classified, verdict: Admission
+    ) -> None:
+        """Remember what the stream's answers must be judged by (tools/list, requestState)."""
+        if info.body is None:
+            return
+        legacy.remembers = verdict
+        if not verdict.filters_tools:
+            return
+        for message in info.body.messages:
+            # Bounded: lists never answered are forgotten with the stream.
+            if (
+                message.method == mcp.TOOLS_LIST
+                and message.has_id
+                and len(legacy.tools_lists) < 1024
+            ):
+                legacy.tools_lists[message.id] = verdict
+
+    def _legacy_endpoint(self, data: str, request: web.Request) -> tuple[str, str] | None:
+        """(the endpoint as the client should see it, the proxy path?query it names)."""
+        sent = URL(data.strip(), encoded=True)
+        target = URL(self._base + request.raw_path, encoded=True).join(sent)
+        if target.origin() != URL(self._base).origin():
+            return None  # another server's endpoint: not ours to judge
+        path = target.raw_path
+        if self._base_path and path.startswith(self._base_path + "/"):
+            path = path[len(self._base_path) :]
+        key = path + (f"?{target.raw_query_string}" if target.raw_query_string else "")
+        if not sent.is_absolute():
+            return data.strip(), key
+        if self._public_url is not None:
+            return str(self._public_url).rstrip("/") + key, key
+        return key, key
+
+    async def _legacy_events(
+        self,
+        request: web.Request,
+        verdict: Admission,
+        ready: bytes,
+        state: list[_LegacyStream | None],
+        out: web.StreamResponse,
+    ) -> bytes:
+        """Events of an MCP HTTP+SSE stream: the endpoint registers the session; answers to
+        a tools/list are filtered; input_required states are remembered."""
+        legacy = state[0]
+        if legacy is None and b"endpoint" not in ready:
+            return ready
+        parts: list[bytes] = []
+        changed = False
+        for block in split_events(ready):
+            kind, data, event_id = event_fields(block)
+            if kind == "endpoint" and data is not None and legacy is None:
+                found = self._legacy_endpoint(data, request)
+                if found is not None:
+                    shown, key = found
+                    session = LegacySession(
+                        LEGACY_SESSION_PREFIX + secrets.token_urlsafe(24), verdict.agent
+                    )
+                    legacy = _LegacyStream(session, out, {})
+                    state[0] = legacy
+                    self._legacy[key] = legacy
+                    bare = key.partition("?")[0]
+                    self._legacy_paths[bare] = self._legacy_paths.get(bare, 0) + 1
+                    if shown != data.strip():
+                        block, changed = build_event(kind, shown, event_id), True
+            elif legacy is not None and kind == "message" and data is not None:
+                rewritten = await self._legacy_message(legacy, data)
+                if rewritten is not None:
+                    block, changed = build_event(kind, rewritten, event_id), True
+            parts.append(block)
+        return b"".join(parts) if changed else ready
+
+    async def _legacy_message(self, legacy: _LegacyStream, data: str) -> str | None:
+        try:
+            doc = json.loads(data)
+        except (ValueError, RecursionError):
+            return None
+        if not isinstance(doc, dict) or "method" in doc or "result" not in doc:
+            return None
+        result = doc["result"]
+        if legacy.remembers is not None:
+            await self._gate.learn(legacy.remembers, [result])
+        caller = legacy.tools_lists.pop(doc.get("id"), None)
+        if caller is None:
+            return None
+        filtered = mcp.filter_tools(result, caller.allows_tool)
+        return None if filtered is None else _dumps({**doc, "result": filtered}).decode()
+
+    async def _end_legacy(self, legacy: _LegacyStream) -> None:
+        """The stream ended: so did its session."""
+        for key, known in list(self._legacy.items()):
+            if known is legacy:
+                del self._legacy[key]
+                bare = key.partition("?")[0]
+                left = self._legacy_paths.get(bare, 1) - 1
+                if left > 0:
+                    self._legacy_paths[bare] = left
+                else:
+                    self._legacy_paths.pop(bare, None)
+        if legacy.session.bound:
+            await self._gate.end_session(legacy.session.session_id)
+
+    def _trace(self, request: web.Request, info: Classified | None = None) -> Trace:
+        """The request's trace, begun once the body is classified: MCP may carry its parent
+        in ``params._meta.traceparent`` when there is no header."""
+        if _TRACE in request:
+            return request[_TRACE]
+        carrier: Mapping[str, str] = request.headers
+        if (
+            info is not None
+            and info.protocol == "mcp"
+            and info.body is not None
+            and "traceparent" not in request.headers
+        ):
+            first = info.body.messages[0]
+            parent = mcp.meta_traceparent(first.params)
+            if parent is not None:
+                carrier = {"traceparent": parent}
+        trace = request[_TRACE] = self._telemetry.begin(
+            request.method, request.path, request.scheme, request.host, carrier
+        )
+        return trace
 
     async def _read_request(self, request: web.Request) -> bytes:
         limit = self._settings.max_body_size
@@ -278,7 +480,12 @@ class Forwarder:
             yield chunk
 
     async def _forward(
-        self, request: web.Request, info: Classified, body: bytes | None, verdict: Admission
+        self,
+        request: web.Request,
+        info: Classified,
+        body: bytes | None,
+        verdict: Admission,
+        legacy: _LegacyStream | None = None,
     ) -> web.StreamResponse:
         headers = self._upstream_headers(request)
         if verdict.strip_session:
@@ -293,7 +500,7 @@ class Forwarder:
                 headers[hdrs.CONTENT_LENGTH] = str(request.content_length)
             data = self._streamed_request_body(request, overflow)
         attempts = 2 if request.method in _IDEMPOTENT and not request.body_exists else 1
-        trace = request[_TRACE]
+        trace = self._trace(request)
         trace.upstream(request.method, str(url), headers)
         started = time.perf_counter()
         for attempt in range(attempts):
@@ -329,6 +536,10 @@ class Forwarder:
             request[_OUTCOME] = RequestOutcome.UPSTREAM_ERROR
         try:
             extra = await self._gate.settle(verdict, resp.status, resp.headers)
+            if legacy is not None and 200 <= resp.status < 300:
+                # The answer travels on the session's stream; the POST gets the transport's 202.
+                headers = filter_headers(resp.headers, _RESPONSE_DROP)
+                return await self._relay(request, resp, headers)
             return await self._respond(request, info, resp, extra, verdict)
         finally:
             resp.release()
@@ -442,12 +653,16 @@ class Forwarder:
             return self._invalid_response(request, info, resp)
         if info.protocol == "a2a" and (fixed := normalize_jsonrpc_error(doc)) is not None:
             data = _dumps(fixed)
-        trace = request[_TRACE]
+        trace = self._trace(request)
         if trace is not NOOP:
             trace_response(trace, doc)
-        if verdict.learns:
+        if verdict.learns or verdict.remembers:
             items = doc if isinstance(doc, list) else [doc]
             await self._gate.learn(verdict, [i["result"] for i in items if "result" in i])
+        if verdict.filters_tools and (lists := _tools_list_ids(info)):
+            filtered = _filter_tools_doc(doc, lists, verdict)
+            if filtered is not None:
+                data = _dumps(filtered)
             if (
                 self._public_url is not None
                 and info.a2a_op is a2a.GET_EXTENDED_AGENT_CARD
@@ -532,7 +747,7 @@ class Forwarder:
         if info.binding is Binding.JSONRPC and doc is not None and jsonrpc.is_error_response(doc):
             if a2a_side and (fixed := normalize_jsonrpc_error(doc)) is not None:
                 data = _dumps(fixed)
-            trace_response(request[_TRACE], doc)
+            trace_response(self._trace(request), doc)
             return web.Response(body=data, status=status, reason=resp.reason, headers=headers)
         # The A2A reason a legacy REST answer means (errors.md section 5), if any.
         reason = legacy_rest_reason(status, info.rest, request.path) if a2a_side else None
@@ -553,7 +768,7 @@ class Forwarder:
             and SESSION_HEADER in resp.request_info.headers
         ):
             # MCP: a 404 to a request carrying a session id means the session is gone.
-            rendered = self._render(info, WardenError(E.SESSION_NOT_FOUND))
+            rendered = self._render(info, WardenError(E.SESSION_NOT_FOUND, mcp_session=True))
         else:
             if a2a_side and reason is None:
                 reason = _rest_reason_of_jsonrpc_body(doc)
@@ -566,9 +781,12 @@ class Forwarder:
                     status_override=code_for_upstream_status(status),
                 )
             rendered = self._render(info, err)
-            if status == 401 and info.binding is Binding.JSONRPC:
-                # An auth challenge must reach the client as one (MCP authorization).
-                rendered = Rendered(401, rendered.headers, rendered.body)
+            if info.binding is Binding.JSONRPC and (
+                status == 401 or (info.protocol == "mcp" and 400 <= status < 500)
+            ):
+                # An auth challenge must reach the client as one (MCP authorization); an MCP
+                # upstream's own 4xx keeps its status (clients and conformance suites read it).
+                rendered = Rendered(status, rendered.headers, rendered.body)
         out = _to_response(rendered)
         for name in _KEPT_ON_REWRITE:
             for value in resp.headers.getall(name, ()):
@@ -623,9 +841,20 @@ class Forwarder:
     ) -> web.StreamResponse:
         """Relay an SSE stream event by event; a stream cut before its end gets an error event."""
         if out is None:
+            headers.update(_SSE_HEADERS)
             out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)
             await out.prepare(request)
         splitter = EventSplitter()
+        # An MCP 2024-11-05 stream names its message endpoint in its first event.
+        legacy: list[_LegacyStream | None] | None = (
+            [None]
+            if request.method == "GET"
+            and info.protocol != "a2a"
+            and SESSION_HEADER not in request.headers
+            else None
+        )
+        lists = _tools_list_ids(info) if verdict.filters_tools else None
+        resumable = False  # the last event carried an id: a clean close may be resumed
         op = info.a2a_op
         watch = StreamWatch(
             pending,
@@ -634,7 +863,7 @@ class Forwarder:
         )
         owes = pending is not None or (op is not None and op.streaming)
         interrupted = False
-        trace = request[_TRACE]
+        trace = self._trace(request)
         try:
             while True:
                 try:
@@ -650,15 +879,23 @@ class Forwarder:
                     break
                 ready = splitter.feed(chunk)
                 if ready:
+                    if legacy is not None:
+                        ready = await self._legacy_events(request, verdict, ready, legacy, out)
+                    elif lists:
+                        ready = _filter_tools_events(ready, lists, verdict)
                     results = watch.feed(ready)
+                    resumable = watch.last_event_id is not None
                     for code in watch.take_error_codes():
                         trace.rpc_error(code)
                     if results:
                         trace.results(results)
-                        if verdict.learns:
+                        if verdict.learns or verdict.remembers:
                             await self._gate.learn(verdict, results)
                     await out.write(ready)
-            if owes and (interrupted or not watch.complete):
+            if owes and not interrupted and resumable and info.protocol == "mcp":
+                # MCP resumption: the client resumes with Last-Event-ID, no error of ours.
+                log.info("upstream closed a resumable event stream", extra={"path": request.path})
+            elif owes and (interrupted or not watch.complete):
                 # Ended before its final event: tell the client in the stream's own terms.
                 log.warning(
                     "upstream event stream ended before its final event",
@@ -670,6 +907,9 @@ class Forwarder:
             await out.write_eof()
         except ConnectionResetError:
             resp.close()
+        finally:
+            if legacy is not None and legacy[0] is not None:
+                await self._end_legacy(legacy[0])
         return out
 
     def _interrupted_events(
@@ -685,7 +925,6 @@ class Forwarder:
                     i,
                     domain=style.domain,
                     a2a_spec=style.a2a_spec,
-                    mcp=info.protocol == "mcp",
                 )
                 for i in ids
             )
@@ -707,7 +946,7 @@ class Forwarder:
         reason = upstream_failure(exc)
         request[_OUTCOME] = RequestOutcome.UPSTREAM_ERROR
         self._metrics.upstream_failures.inc(reason.name)
-        trace = request[_TRACE]
+        trace = self._trace(request)
         trace.upstream_answered(None, reason.name)
         log.warning(
             "upstream request failed",
@@ -717,42 +956,39 @@ class Forwarder:
 
     def _render(self, info: Classified, err: WardenError) -> Rendered:
         style = self._style()
-        mcp = info.protocol == "mcp"
         if info.binding is not Binding.JSONRPC:
-            if mcp:  # the MCP endpoint speaks JSON-RPC, even to GET and DELETE
+            if info.protocol == "mcp":  # the MCP endpoint speaks JSON-RPC, even to GET and DELETE
                 return render_jsonrpc(
                     err,
                     None,
                     domain=style.domain,
                     a2a_spec=style.a2a_spec,
-                    mcp=True,
                     notification=True,
                 )
             return render_aip193(err, domain=style.domain, a2a_spec=style.a2a_spec)
         if info.invalid is not None:
             return render_jsonrpc(
-                err, info.invalid.id, domain=style.domain, a2a_spec=style.a2a_spec, mcp=mcp
+                err, info.invalid.id, domain=style.domain, a2a_spec=style.a2a_spec
             )
         ids = info.request_ids
         if info.body is None:  # body unread (too large)
-            return render_jsonrpc(err, None, domain=style.domain, a2a_spec=style.a2a_spec, mcp=mcp)
+            return render_jsonrpc(err, None, domain=style.domain, a2a_spec=style.a2a_spec)
         if not ids:
             return render_jsonrpc(
-                err, None, domain=style.domain, a2a_spec=style.a2a_spec, mcp=mcp, notification=True
+                err, None, domain=style.domain, a2a_spec=style.a2a_spec, notification=True
             )
-        single = render_jsonrpc(err, ids[0], domain=style.domain, a2a_spec=style.a2a_spec, mcp=mcp)
+        single = render_jsonrpc(err, ids[0], domain=style.domain, a2a_spec=style.a2a_spec)
         if not info.body.batch:
             return single
         batch = [
-            jsonrpc_error_object(err, i, domain=style.domain, a2a_spec=style.a2a_spec, mcp=mcp)
-            for i in ids
+            jsonrpc_error_object(err, i, domain=style.domain, a2a_spec=style.a2a_spec) for i in ids
         ]
         body = json.dumps(batch, separators=(",", ":")).encode()
         return Rendered(single.status, single.headers, body)
 
     def _error(self, info: Classified, err: WardenError, trace: Trace = NOOP) -> web.Response:
         if trace is not NOOP:
-            trace.rpc_error(jsonrpc_code(err, mcp=info.protocol == "mcp"))
+            trace.rpc_error(jsonrpc_code(err))
         return _to_response(self._render(info, err))
 
 
@@ -775,6 +1011,65 @@ def _method_label(info: Classified, http_method: str) -> str:
             return method
         return OTHER
     return _http_label(http_method)
+
+
+def _accepted() -> web.Response:
+    """What an MCP 2024-11-05 message endpoint answers a POST whose answer is on the stream."""
+    return web.Response(status=202, text="Accepted")
+
+
+def _header_mismatch(request: web.Request, info: Classified) -> bool:
+    headers = request.headers
+    method = headers.get(mcp.METHOD_HEADER)
+    name = headers.get(mcp.NAME_HEADER)
+    if method is None and name is None:
+        return False
+    if (
+        len(headers.getall(mcp.METHOD_HEADER, ())) > 1
+        or len(headers.getall(mcp.NAME_HEADER, ())) > 1
+    ):
+        return True  # two values: the upstream may read either
+    assert info.body is not None
+    return mcp.header_mismatch(method, name, [(m.method, m.params) for m in info.body.messages])
+
+
+def _tools_list_ids(info: Classified) -> set[jsonrpc.JsonRpcId]:
+    if info.body is None:
+        return set()
+    return {m.id for m in info.body.messages if m.method == mcp.TOOLS_LIST and m.has_id}
+
+
+def _filter_tools_doc(doc: Any, ids: set[jsonrpc.JsonRpcId], verdict: Admission) -> Any:
+    """A JSON-RPC response (or batch) with its tools/list results filtered; None: unchanged."""
+    items = doc if isinstance(doc, list) else [doc]
+    changed = False
+    out: list[Any] = []
+    for item in items:
+        if isinstance(item, dict) and item.get("id") in ids and "result" in item:
+            filtered = mcp.filter_tools(item["result"], verdict.allows_tool)
+            if filtered is not None:
+                item, changed = {**item, "result": filtered}, True
+        out.append(item)
+    if not changed:
+        return None
+    return out if isinstance(doc, list) else out[0]
+
+
+def _filter_tools_events(ready: bytes, ids: set[jsonrpc.JsonRpcId], verdict: Admission) -> bytes:
+    """Whole SSE events with any tools/list answer among them filtered."""
+    if b"tools" not in ready:
+        return ready
+    parts: list[bytes] = []
+    changed = False
+    for block in split_events(ready):
+        kind, data, event_id = event_fields(block)
+        if data is not None and kind == "message":
+            doc = _json_or_none(data.encode())
+            filtered = _filter_tools_doc(doc, ids, verdict) if doc is not None else None
+            if filtered is not None:
+                block, changed = build_event(kind, _dumps(filtered).decode(), event_id), True
+        parts.append(block)
+    return b"".join(parts) if changed else ready
 
 
 def _dumps(doc: Any) -> bytes:

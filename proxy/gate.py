@@ -7,6 +7,7 @@ makes the one atomic decision per request that needs state.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import secrets
@@ -16,19 +17,33 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from proxy.errors import E, WardenError, jsonrpc_error_object
-from proxy.metrics import Metrics
+from proxy.metrics import CloseCause, Metrics
 from proxy.policy import PolicyFile, Rules
 from proxy.policy.decide import authorize, calls_for, identify, limits_for
+from proxy.policy.grant import Grant, GrantError, grant_from_json
+from proxy.policy.model import GlobSet, normalize_origin
 from proxy.protocols import a2a, mcp
 from proxy.protocols.classify import Classified
-from proxy.sessions.base import Call, Denial, Limits, SessionStore, StoreUnavailable
+from proxy.sessions.base import (
+    Call,
+    Denial,
+    Kind,
+    Limits,
+    SessionStore,
+    StoreUnavailable,
+)
 
 log = logging.getLogger("agent_warden.decision")
 
 # Sessions the proxy issues itself (stateless upstreams) carry this prefix, so any replica
 # knows to keep the id from the upstream without asking the store.
 PROXY_SESSION_PREFIX = "awp-"
-_UNCAPPED = 2**31 - 1
+# 2024-11-05 HTTP+SSE sessions: named by the proxy for the upstream's message endpoint.
+LEGACY_SESSION_PREFIX = "aws-"
+MINTED_SESSION_PREFIX = "awm-"
+MINTED_HEADER = "Warden-Session"
+_UNCAPPED = 2**53
+_GRANTS_CACHED = 4096
 _SESSION_STARTERS = frozenset({a2a.SEND_MESSAGE.name, a2a.SEND_STREAMING_MESSAGE.name})
 
 
@@ -52,6 +67,35 @@ class Admission:
     learns: bool = False  # A2A: results reveal contexts and tasks to bind and link
     adopt_counted: int = 0  # A2A: calls charged to a session bound from a result
     adopt_after: bool = False  # A2A: an unseen task; its context is adopted from the result
+    kind: Kind | None = None  # the session source the request was judged in
+    mcp_session: bool = False  # a 2025-era Mcp-Session-Id session: gone means HTTP 404
+    tools: GlobSet | None = None  # the caller's tool rules: tools/list results are filtered
+    grant: Grant | None = None  # a minted session's narrowing (tools/list too)
+    remembers: bool = False  # MCP: input_required results hand out requestStates
+
+    @property
+    def filters_tools(self) -> bool:
+        """Whether tools/list results must be filtered for this caller."""
+        rules = self.tools
+        return (rules is not None and (bool(rules.deny) or "*" not in rules.allow)) or (
+            self.grant is not None and self.grant.tools is not None
+        )
+
+    def allows_tool(self, name: str) -> bool:
+        """Whether the caller may call the tool: what tools/list may show."""
+        if self.tools is not None and not self.tools.allows(name):
+            return False
+        return self.grant is None or self.grant.allows_tool(name)
+
+
+@dataclass(slots=True)
+class LegacySession:
+    """A 2024-11-05 HTTP+SSE session: the message endpoint the upstream's ``endpoint``
+    event named on a stream this process relays."""
+
+    session_id: str
+    agent: str
+    bound: bool = False  # initialize was admitted: the session is in the store
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,34 +134,211 @@ class Gate:
         self._metrics = metrics
         self._style = error_style
         self._clock = clock
+        self._grants: dict[str, Grant] = {}
 
     # -- entry point ------------------------------------------------------------------------
 
     async def admit(
-        self, http_method: str, headers: Mapping[str, str], info: Classified
+        self,
+        http_method: str,
+        headers: Mapping[str, str],
+        info: Classified,
+        legacy: LegacySession | None = None,
     ) -> Verdict:
+        """Judge one request in its session: minted, protocol or the agent's window."""
         policy = self._policy()
+        origin = headers.get("Origin")
+        if origin is not None and not _origin_allowed(origin, headers.get("Host"), policy):
+            # The DNS-rebinding defence the upstream loses when the proxy rewrites Host:
+            # enforced in audit mode too, like any malformed request.
+            adm = Admission("", "default", "enforce")
+            return self._deny(adm, Denial(E.ORIGIN_NOT_ALLOWED), None, None)
         agent = identify(headers, policy.identity)
         if agent is None:
             mode = policy.defaults.mode
             adm = Admission("", "default", mode)
             return self._deny(adm, Denial(E.UNAUTHENTICATED), None, None)
         name, rules = policy.resolve(agent)
-        adm = Admission(agent, name, rules.mode)
+        adm = Admission(agent, name, rules.mode, tools=rules.tools)
         try:
+            minted = headers.get(MINTED_HEADER)
+            if minted is not None:
+                return await self._minted(adm, minted.strip(), info, rules)
+            if rules.session.require == "minted" and _opens_or_needs_session(info):
+                method = info.body.first_method if info.body is not None else None
+                return self._deny(adm, Denial(E.SESSION_NOT_FOUND), method, None)
+            if legacy is not None:
+                return await self._legacy(adm, legacy, info, rules)
             if info.protocol == "mcp":
                 return await self._mcp(adm, http_method, headers, info, rules)
             if info.protocol == "a2a" and info.a2a_op is not None:
                 return await self._a2a(adm, info, info.a2a_op, rules)
             if info.body is not None:
-                # JSON-RPC of neither protocol: method authorization only, no session.
-                return self._pure_only(adm, info, calls_for(info.body, rules))
+                # JSON-RPC of neither protocol: judged in the agent's window.
+                return await self._window(adm, info, rules, calls_for(info.body, rules))
             return adm
         except StoreUnavailable as exc:
             log.error("session store unavailable", extra={"error": str(exc)[:200]})
             if policy.store_failure == "open":
                 adm.mode = "audit"
             return self._deny(adm, Denial(E.POLICY_STORE_UNAVAILABLE), None, None)
+
+    # -- minted sessions ---------------------------------------------------------------------
+
+    async def _grant(self, session_id: str) -> Grant | None:
+        """A minted session's grant; None when no minted session has this id. Grants never
+        change, so each replica reads one once."""
+        grant = self._grants.get(session_id)
+        if grant is not None:
+            return grant
+        known = await self._store.get(session_id)
+        if known is None or known.kind is not Kind.MINTED or known.grant is None:
+            return None
+        try:
+            grant = grant_from_json(known.grant)
+        except (GrantError, ValueError):
+            log.error("minted session with an unreadable grant", extra={"session": session_id})
+            return None
+        if len(self._grants) >= _GRANTS_CACHED:
+            self._grants.clear()
+        self._grants[session_id] = grant
+        return grant
+
+    async def _minted(self, adm: Admission, sid: str, info: Classified, rules: Rules) -> Verdict:
+        adm.kind = Kind.MINTED
+        body = info.body
+        method = body.first_method if body is not None else None
+        grant = await self._grant(sid) if sid else None
+        if grant is None:
+            return self._deny(adm, Denial(E.SESSION_NOT_FOUND), method, None)
+        adm.session_id = sid
+        adm.grant = grant
+        adm.remembers = info.protocol == "mcp"
+        limits = grant.narrow(limits_for(rules))
+        adm.limits = limits
+        calls = self._calls(info, rules)
+        if body is not None:
+            calls = grant.judge(
+                calls,
+                tuple(m.method for m in body.messages),
+                tuple(m.params for m in body.messages),
+            )
+        elif (
+            info.rest is not None
+            and grant.methods is not None
+            and calls[0].denied is None
+            and not grant.methods.allows_any(a2a.method_names(info.rest.op))
+        ):
+            calls = (replace(calls[0], denied=E.METHOD_NOT_AUTHORIZED),)
+        calls = await self._continued(sid, info, calls)
+        outcome = await self._store.check(sid, adm.agent, calls, limits, self._clock())
+        if outcome.session is not None:
+            return self._deny(adm, outcome.session, method, None)
+        return self._apply(adm, info, list(outcome.calls), calls)
+
+    async def mint(self, grant: Grant) -> tuple[str, float] | Denial:
+        """A new minted session for ``grant.agent``, under its policy's cap: (id, expiry)."""
+        _, rules = self._policy().resolve(grant.agent)
+        limits = grant.narrow(limits_for(rules))
+        now = self._clock()
+        held = await self._store.reserve(grant.agent, limits, now)
+        if not isinstance(held, str):
+            self._metrics.denials.inc(held.reason.name, "enforce")
+            return held
+        sid = MINTED_SESSION_PREFIX + secrets.token_urlsafe(32)
+        await self._store.bind(
+            held, sid, grant.agent, "any", limits, now, kind=Kind.MINTED, grant=grant.to_json()
+        )
+        self._grants[sid] = grant
+        self._metrics.sessions_opened.inc("minted")
+        return sid, now + limits.ttl
+
+    def _calls(self, info: Classified, rules: Rules) -> tuple[Call, ...]:
+        """One call per element (JSON-RPC) or per operation (A2A REST); none otherwise."""
+        if info.body is not None:
+            return calls_for(info.body, rules)
+        if info.rest is not None:
+            denied, _ = authorize(rules, info.rest.op.name, None)
+            return (Call(counted=True, denied=denied),)
+        return ()
+
+    # -- agent windows -----------------------------------------------------------------------
+
+    async def _window(
+        self, adm: Admission, info: Classified, rules: Rules, calls: tuple[Call, ...]
+    ) -> Verdict:
+        """A request with no session of its own: judged in the agent's current window."""
+        if not any(c.counted for c in calls):
+            return self._pure_only(adm, info, calls)  # nothing to count: no store round trip
+        limits = limits_for(rules)
+        adm.limits = limits
+        adm.kind = Kind.WINDOW
+        adm.remembers = info.protocol == "mcp"
+        now = self._clock()
+        sid = await self._store.window(adm.agent, info.protocol, limits, now)
+        adm.session_id = sid
+        calls = await self._continued(sid, info, calls)
+        outcome = await self._store.check(sid, adm.agent, calls, limits, now)
+        if outcome.session is not None:
+            method = info.body.first_method if info.body is not None else None
+            return self._deny(adm, outcome.session, method, None)
+        return self._apply(adm, info, list(outcome.calls), calls)
+
+    # -- MCP multi-round-trip requests -------------------------------------------------------
+
+    async def _continued(
+        self, sid: str, info: Classified, calls: tuple[Call, ...]
+    ) -> tuple[Call, ...]:
+        """An MCP retry carrying a ``requestState`` the upstream returned to this session
+        continues a call already counted: it is not counted again (each state once)."""
+        body = info.body
+        if body is None or info.protocol != "mcp":
+            return calls
+        out = list(calls)
+        for i, message in enumerate(body.messages):
+            state = mcp.request_state(message.params) if out[i].counted else None
+            if state is not None and await self._store.take_state(
+                sid, _digest(state), self._clock()
+            ):
+                out[i] = replace(out[i], counted=False)
+        return tuple(out)
+
+    # -- MCP 2024-11-05 HTTP+SSE -------------------------------------------------------------
+
+    async def _legacy(
+        self, adm: Admission, legacy: LegacySession, info: Classified, rules: Rules
+    ) -> Verdict:
+        """A POST to a message endpoint: judged in the session its stream opened."""
+        adm.kind = Kind.PROTOCOL
+        adm.session_id = legacy.session_id
+        body = info.body
+        method = body.first_method if body is not None else None
+        if adm.agent != legacy.agent:
+            return self._deny(adm, Denial(E.AGENT_MISMATCH), method, None)
+        if body is None:
+            return adm
+        limits = limits_for(rules)
+        adm.limits = limits
+        now = self._clock()
+        if _is_initialize(body.messages):
+            denied, _ = authorize(rules, mcp.INITIALIZE, body.messages[0].params)
+            if denied is not None:
+                return self._deny(adm, Denial(denied), mcp.INITIALIZE, None)
+            if legacy.bound:
+                return adm  # the upstream answers a second initialize itself
+            held = await self._reserve(adm, limits, now, mcp.INITIALIZE)
+            if isinstance(held, Refusal):
+                return held
+            await self._store.bind(held, legacy.session_id, adm.agent, "mcp", limits, now)
+            legacy.bound = True
+            self._metrics.sessions_opened.inc("mcp")
+            return adm
+        adm.remembers = True
+        calls = await self._continued(legacy.session_id, info, calls_for(body, rules))
+        outcome = await self._store.check(legacy.session_id, adm.agent, calls, limits, now)
+        if outcome.session is not None:
+            return self._deny(adm, outcome.session, method, None)
+        return self._apply(adm, info, list(outcome.calls), calls)
 
     # -- MCP ---------------------------------------------------------------------------------
 
@@ -140,18 +361,24 @@ class Gate:
                 denied, _ = authorize(rules, mcp.INITIALIZE, message.params)
                 if denied is not None:
                     return self._deny(adm, Denial(denied), mcp.INITIALIZE, None)
+                adm.kind = Kind.PROTOCOL
+                adm.mcp_session = True
                 held = await self._reserve(adm, limits, now, mcp.INITIALIZE)
                 if isinstance(held, Refusal):
                     return held
                 adm.reservation = held
                 return adm
             if body is not None:
-                # Every MCP message but initialize belongs to a session.
-                return self._deny(adm, Denial(E.SESSION_NOT_FOUND), body.first_method, None)
+                # MCP 2026-07-28 (stateless) and anything else without a session id.
+                return await self._window(adm, info, rules, calls_for(body, rules))
             return adm  # GET or DELETE without a session: the upstream answers
         adm.session_id = sid
+        adm.kind = Kind.PROTOCOL
+        adm.mcp_session = True
+        adm.remembers = True
         adm.strip_session = sid.startswith(PROXY_SESSION_PREFIX)
         calls = calls_for(body, rules) if body is not None else ()
+        calls = await self._continued(sid, info, calls)
         outcome = await self._store.check(sid, adm.agent, calls, limits, now)
         if outcome.session is not None:
             method = body.first_method if body is not None else None
@@ -188,6 +415,7 @@ class Gate:
         starts = op.name in _SESSION_STARTERS
         if ctx is not None:
             adm.session_id = ctx
+            adm.kind = Kind.PROTOCOL
             outcome = await self._store.check(ctx, adm.agent, calls, limits, now)
             first = outcome.session
             if first is not None and first.reason is E.SESSION_NOT_FOUND and starts:
@@ -203,6 +431,9 @@ class Gate:
             if outcome.session is not None:
                 return self._deny(adm, outcome.session, sent, None)
             return self._apply(adm, info, list(outcome.calls), calls)
+        if task is None and not starts:
+            return await self._window(adm, info, rules, calls)  # e.g. ListTasks, unfiltered
+        adm.kind = Kind.PROTOCOL
         verdict = self._pure_only(adm, info, calls)
         if isinstance(verdict, Refusal):
             return verdict
@@ -234,7 +465,19 @@ class Gate:
         return held
 
     async def learn(self, adm: Admission, results: list[Any]) -> None:
-        """A2A results seen in a response: bind the new session, link tasks to contexts."""
+        """Results seen in a response. MCP: an ``input_required`` result's requestState is
+        remembered for the retry. A2A: bind the new session, link tasks to contexts."""
+        if adm.remembers and adm.session_id is not None:
+            for result in results:
+                state = mcp.returned_state(result)
+                if state is not None:
+                    try:
+                        await self._store.remember_state(
+                            adm.session_id, _digest(state), self._clock()
+                        )
+                    except StoreUnavailable as exc:
+                        log.error("session store unavailable", extra={"error": str(exc)})
+            return
         if not adm.learns:
             return
         try:
@@ -262,6 +505,14 @@ class Gate:
                     await self._store.link_task(task, ctx, now)
         except StoreUnavailable as exc:
             log.error("session store unavailable while binding", extra={"error": str(exc)})
+
+    async def end_session(self, session_id: str) -> None:
+        """A session whose transport ended (an MCP 2024-11-05 event stream): closed."""
+        try:
+            if await self._store.close(session_id, self._clock()):
+                self._metrics.sessions_closed.inc(CloseCause.STREAM_END)
+        except StoreUnavailable as exc:
+            log.error("session store unavailable while closing", extra={"error": str(exc)})
 
     async def finish(self, adm: Admission) -> None:
         """After the response: a reservation no result bound is released."""
@@ -313,7 +564,6 @@ class Gate:
                         message.id,
                         domain=domain,
                         a2a_spec=a2a_spec,
-                        mcp=info.protocol == "mcp",
                     )
                 )
         if len(kept) != len(messages):
@@ -351,6 +601,7 @@ class Gate:
             denial.reason,
             metadata=_metadata(adm.session_id, method, tool),
             retry_after=denial.retry_after,
+            mcp_session=adm.mcp_session,
         )
 
     def _deny(
@@ -411,6 +662,31 @@ class Gate:
 
 def _pure(call: Call) -> Denial | None:
     return Denial(call.denied) if call.denied is not None else None
+
+
+def _origin_allowed(origin: str, host: str | None, policy: PolicyFile) -> bool:
+    """The request's own host, or an origin ``origins.allow`` lists (contract, Sessions)."""
+    if policy.origins.allows(origin):
+        return True
+    normalized = normalize_origin(origin.strip())
+    if normalized is None or host is None:
+        return False
+    scheme, _, origin_host = normalized.partition("://")
+    own = normalize_origin(f"{scheme}://{host.strip()}")
+    return own is not None and own.partition("://")[2] == origin_host
+
+
+def _digest(state: str) -> str:
+    """Stores keep a digest: a requestState can be large, and is the upstream's business."""
+    return hashlib.sha256(state.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _opens_or_needs_session(info: Classified) -> bool:
+    """A request a session would judge: a JSON-RPC request (it has an id) or an A2A
+    REST operation. Notifications and plain GETs (an agent card) are not."""
+    if info.body is not None:
+        return any(m.is_request for m in info.body.messages)
+    return info.rest is not None
 
 
 def _is_initialize(messages: tuple[Any, ...]) -> bool:

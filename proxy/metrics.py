@@ -471,6 +471,7 @@ class CloseCause(enum.StrEnum):
     DELETE = "delete"  # the client's DELETE with the session id
     ADMIN = "admin"  # DELETE /sessions/{id} on the admin listener
     EXPIRED = "expired"  # ttl or idle timeout, found by a request or the sweeper
+    STREAM_END = "stream_end"  # an MCP 2024-11-05 session's event stream ended
 
 
 class ReloadResult(enum.StrEnum):

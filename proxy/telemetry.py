@@ -347,7 +347,9 @@ def span_attributes(info: Classified, headers: Mapping[str, str]) -> tuple[Attri
         session = headers.get(mcp.SESSION_HEADER)
         if session:
             attributes["mcp.session.id"] = session
-        version = headers.get(mcp.PROTOCOL_VERSION_HEADER)
+        version = headers.get(mcp.PROTOCOL_VERSION_HEADER) or (
+            mcp.meta_protocol_version(message.params) if message is not None else None
+        )
         if version:
             attributes["mcp.protocol.version"] = version
         if message is not None and message.method is not None:
@@ -389,6 +391,8 @@ def decision_attributes(verdict: Admission | Refusal) -> Attributes:
     }
     if adm.reason is not None:
         attributes["agent_warden.reason"] = adm.reason.value.reason
+    if adm.kind is not None:
+        attributes["agent_warden.session.kind"] = adm.kind.value
     return attributes
 
 

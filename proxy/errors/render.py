@@ -17,6 +17,7 @@ from typing import Final
 from proxy.errors.table import (
     A2A_DOMAIN,
     DEFAULT_A2A_SPEC,
+    KEEPS_STATUS,
     MCP_SESSION_GONE_CODE,
     SESSION_GONE,
     Code,
@@ -48,6 +49,9 @@ class WardenError:
     retry_after: float | None = None  # seconds: RetryInfo + HTTP Retry-After
     message: str | None = None  # UPSTREAM_ERROR only: the upstream's own message
     status_override: tuple[Code, int] | None = None  # UPSTREAM_ERROR only
+    # A gone 2025-era MCP protocol session: HTTP 404 and -32005 on JSON-RPC (errors.md
+    # section 2). Minted sessions and agent windows keep HTTP 200 and their own codes.
+    mcp_session: bool = False
 
     def __post_init__(self) -> None:
         if self.metadata and not METADATA_KEYS.issuperset(self.metadata):
@@ -140,7 +144,7 @@ def _details_json(err: WardenError, fixed: _Fixed) -> str:
     meta = _metadata_json(err.metadata) if err.metadata else "{}"
     if err.retry_after is None:
         return f"{fixed.info_head}{meta}}}"
-    delay = retry_delay(err.retry_after)
+    delay = retry_delay(math.ceil(err.retry_after))  # whole seconds: no rate can be read off
     return f'{fixed.info_head}{meta}}},{{"@type":"{RETRY_INFO_TYPE}","retryDelay":"{delay}"}}'
 
 
@@ -159,9 +163,9 @@ def _id_json(request_id: JsonRpcId) -> str:
     return _dumps(request_id)
 
 
-def jsonrpc_code(err: WardenError, *, mcp: bool = False) -> int:
-    """The JSON-RPC code of ``err`` as rendered (MCP session-gone: -32005)."""
-    if mcp and err.spec in SESSION_GONE:
+def jsonrpc_code(err: WardenError) -> int:
+    """The JSON-RPC code of ``err`` as rendered (2025-era MCP session gone: -32005)."""
+    if err.mcp_session and err.spec in SESSION_GONE:
         return MCP_SESSION_GONE_CODE
     return err.spec.value.jsonrpc_code
 
@@ -178,7 +182,9 @@ def error_details(err: WardenError, *, domain: str) -> list[dict[str, object]]:
         }
     ]
     if err.retry_after is not None:
-        details.append({"@type": RETRY_INFO_TYPE, "retryDelay": retry_delay(err.retry_after)})
+        details.append(
+            {"@type": RETRY_INFO_TYPE, "retryDelay": retry_delay(math.ceil(err.retry_after))}
+        )
     return details
 
 
@@ -191,13 +197,11 @@ def _aip193_json(err: WardenError, domain: str, a2a_spec: str) -> str:
     )
 
 
-def _jsonrpc_json(
-    err: WardenError, request_id: JsonRpcId, domain: str, a2a_spec: str, mcp: bool
-) -> str:
+def _jsonrpc_json(err: WardenError, request_id: JsonRpcId, domain: str, a2a_spec: str) -> str:
     fixed = _fixed(err.spec, domain, a2a_spec)
     return (
         f'{{"jsonrpc":"2.0","id":{_id_json(request_id)},"error":{{'
-        f'"code":{jsonrpc_code(err, mcp=mcp)},"message":{_message_json(err, fixed)},'
+        f'"code":{jsonrpc_code(err)},"message":{_message_json(err, fixed)},'
         f'"data":[{_details_json(err, fixed)}]}}}}'
     )
 
@@ -221,19 +225,22 @@ def render_jsonrpc(
     *,
     domain: str,
     a2a_spec: str = DEFAULT_A2A_SPEC,
-    mcp: bool = False,
     notification: bool = False,
 ) -> Rendered:
-    """The JSON-RPC answer: HTTP 200, except MCP session-gone (404, -32005) and a denied
-    notification (the AIP-193 column's status, id null)."""
+    """The JSON-RPC answer: HTTP 200, except a gone 2025-era MCP session (404, -32005), the
+    statuses a specification requires (UNAUTHENTICATED 401, ORIGIN_NOT_ALLOWED 403,
+    INSUFFICIENT_SCOPE 403, HEADER_MISMATCH 400) and a denied notification (the AIP-193
+    column's status, id null)."""
     if notification:
         request_id = None
         _, status = err.http_for(a2a_spec)
-    elif mcp and err.spec in SESSION_GONE:
+    elif err.mcp_session and err.spec in SESSION_GONE:
         status = 404
+    elif err.spec in KEEPS_STATUS:
+        _, status = err.http_for(a2a_spec)
     else:
         status = 200
-    body = _jsonrpc_json(err, request_id, domain, a2a_spec, mcp).encode()
+    body = _jsonrpc_json(err, request_id, domain, a2a_spec).encode()
     return Rendered(status, _headers(_JSON, err), body)
 
 
@@ -243,7 +250,6 @@ def jsonrpc_error_object(
     *,
     domain: str,
     a2a_spec: str = DEFAULT_A2A_SPEC,
-    mcp: bool = False,
 ) -> dict[str, object]:
     """The JSON-RPC error response as a fresh dict, for batches (a2a_spec: for symmetry; a
     JSON-RPC body does not depend on it)."""
@@ -253,7 +259,7 @@ def jsonrpc_error_object(
         "jsonrpc": "2.0",
         "id": request_id,
         "error": {
-            "code": jsonrpc_code(err, mcp=mcp),
+            "code": jsonrpc_code(err),
             "message": err.wire_message,
             "data": error_details(err, domain=domain),
         },
@@ -266,10 +272,9 @@ def render_sse_jsonrpc(
     *,
     domain: str,
     a2a_spec: str = DEFAULT_A2A_SPEC,
-    mcp: bool = False,
 ) -> bytes:
     """A final SSE event carrying a JSON-RPC error (JSON never holds a raw newline)."""
-    payload = _jsonrpc_json(err, request_id, domain, a2a_spec, mcp)
+    payload = _jsonrpc_json(err, request_id, domain, a2a_spec)
     return f"event: message\ndata: {payload}\n\n".encode()
 
 

@@ -119,29 +119,38 @@ class E(enum.Enum):
     """Every error the proxy writes. ``E.X.value`` is the row."""
 
     # errors.md section 2: the proxy's own errors.
-    SESSION_NOT_FOUND = _row("SESSION_NOT_FOUND", "session not found", Code.NOT_FOUND, -32060)
-    SESSION_EXPIRED = _row("SESSION_EXPIRED", "session expired", Code.NOT_FOUND, -32061)
-    SESSION_CLOSED = _row("SESSION_CLOSED", "session already closed", Code.NOT_FOUND, -32062)
+    SESSION_NOT_FOUND = _row("SESSION_NOT_FOUND", "session not found", Code.NOT_FOUND, -31060)
+    SESSION_EXPIRED = _row("SESSION_EXPIRED", "session expired", Code.NOT_FOUND, -31061)
+    SESSION_CLOSED = _row("SESSION_CLOSED", "session already closed", Code.NOT_FOUND, -31062)
     SESSION_BUDGET_EXCEEDED = _row(
-        "SESSION_BUDGET_EXCEEDED", "session budget exceeded", Code.RESOURCE_EXHAUSTED, -32063
+        "SESSION_BUDGET_EXCEEDED", "session budget exceeded", Code.RESOURCE_EXHAUSTED, -31063
     )
     TOOL_NOT_AUTHORIZED = _row(
-        "TOOL_NOT_AUTHORIZED", "tool not authorized in session", Code.PERMISSION_DENIED, -32064
+        "TOOL_NOT_AUTHORIZED", "tool not authorized in session", Code.PERMISSION_DENIED, -31064
     )
     SESSION_RATE_LIMITED = _row(
-        "SESSION_RATE_LIMITED", "session rate limit exceeded", Code.RESOURCE_EXHAUSTED, -32065
+        "SESSION_RATE_LIMITED", "session rate limit exceeded", Code.RESOURCE_EXHAUSTED, -31065
     )
     TOO_MANY_SESSIONS = _row(
-        "TOO_MANY_SESSIONS", "too many concurrent sessions", Code.RESOURCE_EXHAUSTED, -32066
+        "TOO_MANY_SESSIONS", "too many concurrent sessions", Code.RESOURCE_EXHAUSTED, -31066
     )
-    AGENT_MISMATCH = _row("AGENT_MISMATCH", "agent mismatch", Code.PERMISSION_DENIED, -32067)
-    UNAUTHENTICATED = _row("UNAUTHENTICATED", "unauthenticated", Code.UNAUTHENTICATED, -32068)
+    AGENT_MISMATCH = _row("AGENT_MISMATCH", "agent mismatch", Code.PERMISSION_DENIED, -31067)
+    UNAUTHENTICATED = _row("UNAUTHENTICATED", "unauthenticated", Code.UNAUTHENTICATED, -31068)
     METHOD_NOT_AUTHORIZED = _row(
-        "METHOD_NOT_AUTHORIZED", "method not authorized in session", Code.PERMISSION_DENIED, -32069
+        "METHOD_NOT_AUTHORIZED", "method not authorized in session", Code.PERMISSION_DENIED, -31069
     )
     POLICY_STORE_UNAVAILABLE = _row(
-        "POLICY_STORE_UNAVAILABLE", "policy store unavailable", Code.UNAVAILABLE, -32070
+        "POLICY_STORE_UNAVAILABLE", "policy store unavailable", Code.UNAVAILABLE, -31070
     )
+    ORIGIN_NOT_ALLOWED = _row(
+        "ORIGIN_NOT_ALLOWED", "origin not allowed", Code.PERMISSION_DENIED, -31071
+    )
+    INSUFFICIENT_SCOPE = _row(
+        "INSUFFICIENT_SCOPE", "insufficient scope", Code.PERMISSION_DENIED, -31072
+    )
+    OVERLOADED = _row("OVERLOADED", "proxy overloaded", Code.RESOURCE_EXHAUSTED, -31073)
+    # MCP 2026-07-28's own HeaderMismatch code: Mcp-Method / Mcp-Name disagree with the body.
+    HEADER_MISMATCH = _row("HEADER_MISMATCH", "header mismatch", Code.INVALID_ARGUMENT, -32020)
 
     # errors.md section 3: upstream failures rewritten by the proxy.
     UPSTREAM_UNAVAILABLE = _row(
@@ -254,6 +263,11 @@ DECISIONS: Final[frozenset[E]] = frozenset({E.REQUEST_TOO_LARGE})
 MCP_SESSION_GONE_CODE: Final = -32005
 SESSION_GONE: Final[frozenset[E]] = frozenset(
     {E.SESSION_NOT_FOUND, E.SESSION_EXPIRED, E.SESSION_CLOSED}
+)
+
+# Denials whose HTTP status a specification requires even on JSON-RPC (errors.md section 1).
+KEEPS_STATUS: Final[frozenset[E]] = frozenset(
+    {E.UNAUTHENTICATED, E.ORIGIN_NOT_ALLOWED, E.INSUFFICIENT_SCOPE, E.HEADER_MISMATCH}
 )
 
 # The A2A errors by JSON-RPC code, to add a missing ErrorInfo to a passed-through error.

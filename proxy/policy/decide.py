@@ -9,7 +9,7 @@ from proxy.errors import E
 from proxy.policy.model import Identity, Rules
 from proxy.protocols import a2a, mcp
 from proxy.protocols.jsonrpc import Body
-from proxy.sessions.base import Call, Limits
+from proxy.sessions.base import UNLIMITED, Call, Limits
 
 ANONYMOUS = "anonymous"
 
@@ -56,14 +56,21 @@ def calls_for(body: Body, rules: Rules) -> tuple[Call, ...]:
     return tuple(calls)
 
 
+def _count(limit: int | None) -> int:
+    return UNLIMITED if limit is None else limit
+
+
 @lru_cache(maxsize=256)
 def limits_for(rules: Rules) -> Limits:
-    """The store's view of a policy's limits (cached: rules are immutable values)."""
+    """The store's view of a policy's limits (cached: rules are immutable values).
+
+    A limit the policy leaves unset (None) is not limited: the store gets ``UNLIMITED``.
+    """
     return Limits(
         ttl=rules.session.ttl,
         idle_timeout=rules.session.idle_timeout,
-        max_per_agent=rules.session.max_per_agent,
-        calls=rules.budget.calls,
+        max_per_agent=_count(rules.session.max_per_agent),
+        calls=_count(rules.budget.calls),
         tool_calls=rules.budget.tools,
-        per_minute=rules.rate_limit.per_minute,
+        per_minute=_count(rules.rate_limit.per_minute),
     )

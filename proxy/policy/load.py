@@ -13,7 +13,13 @@ Decisions:
   ``<digits><unit>`` parts in the order h, m, s, ms (``500ms``, ``90s``, ``15m``,
   ``1h``, ``1h30m``). No floats, no bare numbers in strings: use ``ms`` for
   fractions of a second.
-- Limits are integers >= 1 (booleans are not integers); deny a tool to forbid it.
+- Limits are integers >= 1 (booleans are not integers); deny a tool to forbid it. A
+  limit set nowhere (neither in the policy nor in ``defaults``) is no limit: the model
+  holds None. ``null`` does not unset a limit (a scalar key); the built-in policy is
+  transparent, with no cap, budget or rate limit.
+- ``origins.allow`` holds origins, ``scheme://host[:port]`` with scheme http or https and
+  no path (``https://app.example.com``, ``http://localhost:3000``), or ``*`` for any
+  origin. Case and a default port (80, 443) do not matter.
 - YAML merge keys (``<<: *anchor``) work; explicit keys override merged ones.
   Top-level keys starting with ``x-`` are ignored, to hold anchors.
 - ``default`` is reserved as a policy name: it names the fallback to ``defaults``.
@@ -38,7 +44,16 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from proxy.durations import DURATION_HINT, DURATION_RE, parse_duration
 from proxy.policy.globs import glob_problem
-from proxy.policy.model import DEFAULT_POLICY_NAME, GlobSet, NamedPolicy, PolicyFile, Rules
+from proxy.policy.model import (
+    ANY_ORIGIN,
+    DEFAULT_POLICY_NAME,
+    ORIGIN_RE,
+    GlobSet,
+    NamedPolicy,
+    PolicyFile,
+    Rules,
+    normalize_origin,
+)
 
 # libyaml parses about ten times faster than the pure-Python loader; same nodes and marks.
 _LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -48,6 +63,7 @@ __all__ = [
     "DURATION_RE",
     "EXTENSION_PREFIX",
     "HEADER_RE",
+    "ORIGIN_RE",
     "PolicyError",
     "Problem",
     "check_files",
@@ -420,6 +436,26 @@ def _policy_name(value: str) -> str | None:
     return None
 
 
+def _origin(value: str) -> str | None:
+    if value == ANY_ORIGIN or normalize_origin(value) is not None:
+        return None
+    if ANY_ORIGIN in value:
+        return (
+            f"invalid origin {value!r}: no wildcards in an origin; "
+            f"'{ANY_ORIGIN}' alone allows every origin"
+        )
+    scheme, sep, rest = value.partition("://")
+    if sep and scheme.lower() not in ("http", "https"):
+        return f"invalid origin {value!r}: the scheme must be http or https"
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if sep and authority != rest and normalize_origin(f"{scheme}://{authority}") is not None:
+        return f"invalid origin {value!r}: an origin has no path; write '{scheme}://{authority}'"
+    return (
+        f"invalid origin {value!r}; expected scheme://host[:port] with scheme http or https "
+        f"(like https://app.example.com or http://localhost:3000), or '*'"
+    )
+
+
 def _enum(*options: str) -> _Scalar:
     return _Scalar(str, f"one of {', '.join(repr(o) for o in options)}", _one_of(*options))
 
@@ -429,7 +465,14 @@ _GLOB = _Scalar(str, "a glob string", glob_problem)
 
 _RULES: dict[str, _Spec] = {
     "mode": _enum("enforce", "audit"),
-    "session": _Section({"ttl": _Duration(), "idle_timeout": _Duration(), "max_per_agent": _LIMIT}),
+    "session": _Section(
+        {
+            "ttl": _Duration(),
+            "idle_timeout": _Duration(),
+            "max_per_agent": _LIMIT,
+            "require": _enum("any", "minted"),
+        }
+    ),
     "budget": _Section({"calls": _LIMIT, "tools": _IntMap()}),
     "rate_limit": _Section({"per_minute": _LIMIT}),
     "tools": _Section({"allow": _Globs(), "deny": _Globs()}),
@@ -461,6 +504,7 @@ _FILE = _Section(
         "errors": _Section(
             {"domain": _Scalar(str, "a string", _domain), "a2a_spec": _enum("1.0.0", "1.0.1")}
         ),
+        "origins": _Section({"allow": _List(_Scalar(str, "an origin string", _origin))}),
         "store_failure": _enum("open", "closed"),
         "defaults": _Section(_RULES),
         "policies": _List(_POLICY),

@@ -17,11 +17,38 @@ from proxy.policy.globs import compile_globs
 Mode = Literal["enforce", "audit"]
 A2aSpec = Literal["1.0.0", "1.0.1"]
 StoreFailure = Literal["open", "closed"]
+Require = Literal["any", "minted"]
 
 DEFAULT_POLICY_NAME = "default"
 """The name reported when no entry of ``policies`` matches the agent."""
 
 _RESOLVE_CACHE_SIZE = 4096
+
+ANY_ORIGIN = "*"
+"""The ``origins.allow`` entry that allows every origin."""
+
+_SCHEME = r"[Hh][Tt][Tt][Pp][Ss]?"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST = rf"{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\]"
+_PORT = r"6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}"
+ORIGIN_RE = re.compile(rf"({_SCHEME})://({_HOST})(?::({_PORT}))?")
+"""An origin, ``scheme://host[:port]``: scheme http or https, a DNS name, IPv4 address or
+bracketed IPv6 address, a port 1-65535, no path. Written without flags or named groups so
+that ``policies/schema.json`` can use the very same pattern."""
+
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+def normalize_origin(value: str) -> str | None:
+    """``value`` as browsers serialize an origin (lower case, no default port); None when
+    it is not an origin (``null``, a path, another scheme, ...)."""
+    m = ORIGIN_RE.fullmatch(value)
+    if m is None:
+        return None
+    scheme, host, port = m.group(1).lower(), m.group(2).lower(), m.group(3)
+    if port is None or port == _DEFAULT_PORTS[scheme]:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,12 +90,15 @@ class GlobSet:
 
 @dataclass(frozen=True, slots=True)
 class SessionRules:
-    ttl: float = 3600.0
-    """Absolute lifetime of a session, in seconds."""
-    idle_timeout: float = 900.0
-    """Seconds since the last request after which the session expires."""
-    max_per_agent: int = 10
-    """Live sessions one agent may hold."""
+    ttl: float = 86400.0
+    """Absolute lifetime of a session, in seconds (built-in: 24 hours)."""
+    idle_timeout: float = 3600.0
+    """Seconds since the last request after which the session expires (built-in: 1 hour)."""
+    max_per_agent: int | None = None
+    """Live sessions one agent may hold; None: not limited."""
+    require: Require = "any"
+    """``minted``: only sessions minted on the admin listener are accepted (a request in any
+    other session gets SESSION_NOT_FOUND); ``any``: every session source applies."""
 
 
 def _no_tool_budgets() -> Mapping[str, int]:
@@ -77,8 +107,8 @@ def _no_tool_budgets() -> Mapping[str, int]:
 
 @dataclass(frozen=True, slots=True)
 class Budget:
-    calls: int = 1000
-    """Counted requests per session."""
+    calls: int | None = None
+    """Counted requests per session; None: not limited."""
     tools: Mapping[str, int] = field(default_factory=_no_tool_budgets)
     """Calls per session of individual tools (exact tool names)."""
 
@@ -92,8 +122,8 @@ class Budget:
 
 @dataclass(frozen=True, slots=True)
 class RateLimit:
-    per_minute: int = 600
-    """Counted requests per session per minute."""
+    per_minute: int | None = None
+    """Counted requests per session per minute; None: not limited."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +153,37 @@ class ErrorsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Origins:
+    """``Origin`` values allowed besides the request's own host (``origins.allow``)."""
+
+    allow: tuple[str, ...] = ()
+    """Origins (``https://app.example.com``, ``http://localhost:3000``) or ``*`` for any."""
+    _any: bool = field(init=False, repr=False, compare=False)
+    _normalized: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        normalized: set[str] = set()
+        for value in self.allow:
+            if value == ANY_ORIGIN:
+                continue
+            origin = normalize_origin(value)
+            if origin is None:
+                raise ValueError(f"not an origin: {value!r}")
+            normalized.add(origin)
+        object.__setattr__(self, "_any", ANY_ORIGIN in self.allow)
+        object.__setattr__(self, "_normalized", frozenset(normalized))
+
+    def allows(self, origin: str) -> bool:
+        """True when ``origin`` (an ``Origin`` header value) is listed, compared case-
+        insensitively without default ports, or when ``*`` is listed. A value that is not
+        an origin (``null``, garbage) is allowed only by ``*``."""
+        if self._any:
+            return True
+        normalized = normalize_origin(origin.strip())
+        return normalized is not None and normalized in self._normalized
+
+
+@dataclass(frozen=True, slots=True)
 class NamedPolicy:
     name: str
     agents: GlobSet
@@ -141,6 +202,7 @@ class PolicyFile:
     version: int = 1
     identity: Identity = Identity()
     errors: ErrorsConfig = ErrorsConfig()
+    origins: Origins = Origins()
     store_failure: StoreFailure = "closed"
     """What to do when the session store is unreachable: deny (closed) or allow (open)."""
     defaults: Rules = Rules()
@@ -169,4 +231,5 @@ class PolicyFile:
 
 
 DEFAULT_POLICY = PolicyFile()
-"""The built-in policy used when no file is given: allow everything, default limits."""
+"""The built-in policy used when no file is given, transparent: allow everything, no cap,
+budget or rate limit (sessions still expire after 24 hours, or 1 hour idle)."""

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from proxy.protocols import a2a, jsonrpc
-from proxy.protocols.sse import event_data
+from proxy.protocols.sse import event_data, event_fields, split_events
 
 
 class StreamWatch:
@@ -17,7 +17,14 @@ class StreamWatch:
     bindings). A stream that ends while incomplete was cut.
     """
 
-    __slots__ = ("_a2a_stream", "_error_codes", "_jsonrpc", "_pending", "_terminal")
+    __slots__ = (
+        "_a2a_stream",
+        "_error_codes",
+        "_jsonrpc",
+        "_pending",
+        "_terminal",
+        "last_event_id",
+    )
 
     def __init__(
         self, pending: set[jsonrpc.JsonRpcId] | None, *, jsonrpc_binding: bool, a2a_stream: bool
@@ -27,6 +34,7 @@ class StreamWatch:
         self._a2a_stream = a2a_stream
         self._terminal = False
         self._error_codes: list[int | str] = []
+        self.last_event_id: str | None = None  # of the latest event: set means resumable
 
     @property
     def complete(self) -> bool:
@@ -46,6 +54,9 @@ class StreamWatch:
     def feed(self, events: bytes) -> list[Any]:
         """Results carried by ``events`` (whole events), in order."""
         results: list[Any] = []
+        if b"id:" in events or self.last_event_id is not None:
+            for block in split_events(events):
+                self.last_event_id = event_fields(block)[2] or None
         for data in event_data(events):
             try:
                 doc = json.loads(data)

@@ -61,3 +61,42 @@ def event_data(events: bytes) -> Iterator[str]:
                 data.append("")
         if data:
             yield "\n".join(data)
+
+
+def split_events(events: bytes) -> list[bytes]:
+    """Whole events (as EventSplitter releases them) one by one, each with its terminator."""
+    out: list[bytes] = []
+    start = 0
+    for match in _EVENT_END.finditer(events):
+        out.append(events[start : match.end()])
+        start = match.end()
+    if start < len(events):
+        out.append(events[start:])
+    return out
+
+
+def event_fields(block: bytes) -> tuple[str, str | None, str | None]:
+    """(event type, data, id) of one event; data None when it has no data line."""
+    kind = "message"
+    data: list[str] = []
+    event_id: str | None = None
+    for line in _LINE.split(block):
+        name, colon, value = line.partition(b":")
+        if not colon:
+            name, value = line, b""
+        if value.startswith(b" "):
+            value = value[1:]
+        if name == b"data":
+            data.append(value.decode("utf-8", "replace"))
+        elif name == b"event":
+            kind = value.decode("utf-8", "replace") or "message"
+        elif name == b"id":
+            event_id = value.decode("utf-8", "replace")
+    return kind, ("\n".join(data) if data else None), event_id
+
+
+def build_event(kind: str, data: str, event_id: str | None = None) -> bytes:
+    """One event; ``data`` may hold newlines (each becomes a data line)."""
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    lines = "".join(f"data: {line}\n" for line in data.split("\n"))
+    return f"{head}event: {kind}\n{lines}\n".encode()

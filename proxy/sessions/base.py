@@ -13,21 +13,25 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Protocol
+from typing import Final, Protocol
 
 from proxy.errors import E
+
+UNLIMITED: Final = 2**53
+"""A count limit that is not set (contract: unset limits are no limits). Exact as a double,
+so the Redis store's Lua numbers hold it too."""
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
     """The limits of one decision, taken from the policy current at decision time."""
 
-    ttl: float = 3600.0
-    idle_timeout: float = 900.0
-    max_per_agent: int = 10
-    calls: int = 1000
+    ttl: float = 86400.0
+    idle_timeout: float = 3600.0
+    max_per_agent: int = UNLIMITED
+    calls: int = UNLIMITED
     tool_calls: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
-    per_minute: int = 600
+    per_minute: int = UNLIMITED
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +85,14 @@ class Outcome:
         return self.session is None and all(c is None for c in self.calls)
 
 
+class Kind(enum.Enum):
+    """Where a session comes from (contract, Sessions): the first source that applies."""
+
+    MINTED = "minted"  # POST /sessions on the admin listener; presented as Warden-Session
+    PROTOCOL = "protocol"  # MCP Mcp-Session-Id, MCP HTTP+SSE endpoint, A2A contextId
+    WINDOW = "window"  # the agent's current window: everything else
+
+
 @dataclass(frozen=True, slots=True)
 class SessionInfo:
     """What ``GET /sessions`` shows of one session."""
@@ -93,6 +105,8 @@ class SessionInfo:
     calls_used: int
     closed: bool = False
     proxy_issued: bool = False
+    kind: Kind = Kind.PROTOCOL
+    grant: str | None = None  # a minted session's narrowing, as JSON (see ``policy.grant``)
 
 
 class SessionStore(Protocol):
@@ -118,8 +132,30 @@ class SessionStore(Protocol):
         *,
         proxy_issued: bool = False,
         counted: int = 0,
+        kind: Kind = Kind.PROTOCOL,
+        grant: str | None = None,
     ) -> None:
-        """Turn a reservation into a live session; ``counted`` calls are charged at birth."""
+        """Turn a reservation into a live session; ``counted`` calls are charged at birth.
+
+        ``grant`` (minted sessions) is kept as given and returned by ``get``.
+        """
+        ...
+
+    async def window(self, agent: str, protocol: str, limits: Limits, now: float) -> str:
+        """The id of the agent's current window, opened now when it has none live.
+
+        A window ends after ``ttl`` or ``idle_timeout`` like any session (later checks of
+        its id answer SESSION_EXPIRED); the agent's next call here opens a new one. Windows
+        do not count against ``max_per_agent``. Atomic: concurrent callers share one window.
+        """
+        ...
+
+    async def remember_state(self, session_id: str, state: str, now: float) -> None:
+        """An MCP ``requestState`` (a digest of it) the upstream returned in this session."""
+        ...
+
+    async def take_state(self, session_id: str, state: str, now: float) -> bool:
+        """Forget a remembered state; True only for the one caller that found it."""
         ...
 
     async def release(self, reservation: str) -> None:

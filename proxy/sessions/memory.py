@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import secrets
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from proxy.errors import E
-from proxy.sessions.base import Call, Denial, LimitKind, Limits, Outcome, SessionInfo
+from proxy.sessions.base import (
+    UNLIMITED,
+    Call,
+    Denial,
+    Kind,
+    LimitKind,
+    Limits,
+    Outcome,
+    SessionInfo,
+)
 
 if TYPE_CHECKING:
     from proxy.sessions.base import SessionStore
@@ -17,6 +27,9 @@ if TYPE_CHECKING:
 RESERVATION_TTL = 60.0  # seconds an unbound reservation holds its place in the cap
 TOMBSTONES = 100_000  # ended sessions remembered, oldest forgotten first
 TOMBSTONE_TTL = 3600.0  # seconds an ended session is remembered at most
+STATE_TTL = 3600.0  # seconds an MCP requestState stays redeemable
+STATES = 100_000  # requestStates remembered, oldest forgotten first
+WINDOW_PREFIX = "aww-"  # agent windows: ids the proxy makes, never seen by an upstream
 
 # Float slack: 0.1 s at 10 tokens/s must refill one whole token, not 0.9999999.
 _EPSILON = 1e-9
@@ -40,7 +53,9 @@ class _Session:
         "due",
         "ended",
         "ended_at",
+        "grant",
         "id",
+        "kind",
         "last_used",
         "limits",
         "protocol",
@@ -60,15 +75,19 @@ class _Session:
         now: float,
         proxy_issued: bool,
         counted: int,
+        kind: Kind = Kind.PROTOCOL,
+        grant: str | None = None,
     ) -> None:
         self.id = session_id
+        self.kind = kind
+        self.grant = grant
         self.agent = agent
         self.protocol = protocol
         self.created = now
         self.last_used = now
         self.used = counted
         self.tools: dict[str, int] | None = None  # counts of budgeted tools only
-        self.tokens = float(limits.per_minute - counted)
+        self.tokens = float(min(limits.per_minute, UNLIMITED) - counted)
         self.stamp = now  # when the bucket was last refilled
         self.limits = limits  # the last limits seen: sweep has no other
         self.due = now  # the deadline of this session's current heap entry
@@ -86,6 +105,8 @@ class _Session:
             calls_used=self.used,
             closed=self.ended is E.SESSION_CLOSED,
             proxy_issued=self.proxy_issued,
+            kind=self.kind,
+            grant=self.grant,
         )
 
 
@@ -168,6 +189,8 @@ class MemoryStore:
         self._pending: OrderedDict[str, _Agent] = OrderedDict()  # in the order they lapse
         self._heap: list[tuple[float, str]] = []  # (deadline, session id)
         self._tasks: OrderedDict[str, str] = OrderedDict()  # A2A task id -> context id
+        self._windows: dict[str, _Session] = {}  # agent -> its current window
+        self._states: OrderedDict[tuple[str, str], float] = OrderedDict()  # -> when it lapses
         self._serial = itertools.count(1)
 
     # --- the cap ------------------------------------------------------------------------
@@ -198,6 +221,8 @@ class MemoryStore:
         *,
         proxy_issued: bool = False,
         counted: int = 0,
+        kind: Kind = Kind.PROTOCOL,
+        grant: str | None = None,
     ) -> None:
         self._unreserve(reservation)
         known = self._live.get(session_id)
@@ -209,16 +234,42 @@ class MemoryStore:
             return
         if session_id in self._ended:
             return
-        s = _Session(session_id, agent, protocol, limits, now, proxy_issued, counted)
+        s = _Session(session_id, agent, protocol, limits, now, proxy_issued, counted, kind, grant)
         self._live[session_id] = s
-        record = self._agents.get(agent)
-        if record is None:
-            record = self._agents[agent] = _Agent(agent)
-        record.sessions.add(s)
+        if kind is not Kind.WINDOW:  # a window is outside the cap, however it was born
+            record = self._agents.get(agent)
+            if record is None:
+                record = self._agents[agent] = _Agent(agent)
+            record.sessions.add(s)
         self._push(s, _deadline(s, limits))
 
     async def release(self, reservation: str) -> None:
         self._unreserve(reservation)
+
+    async def window(self, agent: str, protocol: str, limits: Limits, now: float) -> str:
+        s = self._windows.get(agent)
+        if s is not None and s.ended is None and _expiry(s, limits, now) is None:
+            return s.id
+        if s is not None and s.ended is None:
+            self._end(s, E.SESSION_EXPIRED, now)
+        session_id = WINDOW_PREFIX + secrets.token_urlsafe(16)
+        s = _Session(session_id, agent, protocol, limits, now, False, 0, Kind.WINDOW)
+        self._live[session_id] = s
+        self._windows[agent] = s  # not in the agent's record: windows are outside the cap
+        self._push(s, _deadline(s, limits))
+        return session_id
+
+    async def remember_state(self, session_id: str, state: str, now: float) -> None:
+        states = self._states
+        key = (session_id, state)
+        states.pop(key, None)
+        states[key] = now + STATE_TTL
+        while len(states) > STATES:  # bounded: the oldest go first
+            states.popitem(last=False)
+
+    async def take_state(self, session_id: str, state: str, now: float) -> bool:
+        lapse = self._states.pop((session_id, state), None)
+        return lapse is not None and lapse > now
 
     # --- decisions ----------------------------------------------------------------------
 
@@ -277,14 +328,15 @@ class MemoryStore:
         if call.denied is not None:
             return _PLAIN[call.denied]
         per_minute = limits.per_minute
-        tokens = _refill(s, per_minute, now)
-        if tokens < 1.0 - _EPSILON:
-            s.tokens = tokens
-            wait = (1.0 - tokens) * 60.0 / per_minute
-            return Denial(
-                E.SESSION_RATE_LIMITED, LimitKind.RATE, per_minute, per_minute - tokens, wait
-            )
-        s.tokens = tokens - 1.0
+        if per_minute < UNLIMITED:  # an unset rate limit keeps no bucket
+            tokens = _refill(s, per_minute, now)
+            if tokens < 1.0 - _EPSILON:
+                s.tokens = tokens
+                wait = (1.0 - tokens) * 60.0 / per_minute
+                return Denial(
+                    E.SESSION_RATE_LIMITED, LimitKind.RATE, per_minute, per_minute - tokens, wait
+                )
+            s.tokens = tokens - 1.0
         s.used += 1
         if budgeted is not None:
             if s.tools is None:
@@ -336,6 +388,9 @@ class MemoryStore:
             if record.pending[token] > now:
                 break
             self._unreserve(token)
+        states = self._states
+        while states and next(iter(states.values())) <= now:
+            states.popitem(last=False)
         horizon = now - self._tombstone_ttl
         while self._ended and next(iter(self._ended.values())).ended_at <= horizon:
             self._ended.popitem(last=False)
@@ -392,9 +447,13 @@ class MemoryStore:
 
     def _end(self, s: _Session, reason: E, now: float) -> None:
         del self._live[s.id]
-        record = self._agents[s.agent]
-        record.sessions.discard(s)
-        self._drop_if_empty(record)
+        if s.kind is Kind.WINDOW:
+            if self._windows.get(s.agent) is s:
+                del self._windows[s.agent]
+        else:
+            record = self._agents[s.agent]
+            record.sessions.discard(s)
+            self._drop_if_empty(record)
         s.ended = reason
         s.ended_at = now
         s.tools = None

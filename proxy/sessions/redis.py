@@ -11,19 +11,34 @@ store wants one Redis or Valkey primary, not a Cluster.
 
 Keys, all under the prefix (default ``agent-warden:``):
 
-``s:{session}``  hash: agent, protocol, created, last_used, used, tokens, stamp,
-                 proxy_issued, ttl and idle_timeout (the limits it was last judged by,
-                 for ``sweep``), and once it ends: ended (closed|expired), ended_at.
-                 Expires at its deadline plus the tombstone hour; an ended session
-                 keeps answering SESSION_CLOSED or SESSION_EXPIRED until then.
+``s:{session}``  hash: agent, protocol, kind (minted|protocol|window), grant (minted
+                 sessions that have one: the JSON as given), created, last_used, used,
+                 tokens, stamp, proxy_issued, ttl and idle_timeout (the limits it was
+                 last judged by, for ``sweep``), and once it ends: ended
+                 (closed|expired), ended_at. Expires at its deadline plus the tombstone
+                 hour; an ended session keeps answering SESSION_CLOSED or
+                 SESSION_EXPIRED until then.
 ``t:{session}``  hash: calls per budgeted tool. Same expiry; deleted when the session ends.
 ``a:{agent}``    sorted set: what counts against the agent's cap. ``s:{session}`` scored
                  by its deadline, ``r:{nonce}`` (a reservation) by when it lapses.
                  ``reserve`` drops lapsed reservations and ends the sessions expired by
                  the current limits; the key expires at its latest member's deadline.
-``live``         sorted set: live session ids by deadline, for ``sessions``,
-                 ``live_count`` and ``sweep``. Expires an hour after its latest deadline.
+                 Windows are never members: they are outside the cap.
+``w:{agent}``    string: the id of the agent's current window (a session of kind
+                 window, ids ``aww-...``). Same expiry as the window's ``s:`` hash;
+                 deleted when that window ends, so the next ``window`` opens a new one.
+``live``         sorted set: live session ids (windows too) by deadline, for
+                 ``sessions``, ``live_count`` and ``sweep``. Expires an hour after its
+                 latest deadline.
 ``k:{task}``     string: the A2A context of a task. Expires a day after it was linked.
+``q:{n}:{session}:{state}``  string: a remembered MCP requestState (``n`` is the length
+                 of the session id, so ids with colons stay unambiguous); the value is
+                 when it lapses (the caller's clock). Expires after the hour; taken
+                 with GETDEL, so exactly one caller finds it.
+
+Unset count limits arrive as ``UNLIMITED`` (2**53), exact as a Lua double; every number
+a script writes goes through ``%.17g``, and a check with ``per_minute >= UNLIMITED``
+leaves the bucket alone, as the memory store does.
 
 Expiries are relative (PEXPIRE of the caller's deadline minus the caller's ``now``), so a
 clock skew between replicas and Redis moves when memory is reclaimed, never a decision.
@@ -53,14 +68,17 @@ from redis.backoff import NoBackoff
 
 from proxy.errors import E
 from proxy.sessions.base import (
+    UNLIMITED,
     Call,
     Denial,
+    Kind,
     LimitKind,
     Limits,
     Outcome,
     SessionInfo,
     StoreUnavailable,
 )
+from proxy.sessions.memory import STATE_TTL, WINDOW_PREFIX
 
 if TYPE_CHECKING:
     from redis.commands.core import AsyncScript
@@ -101,7 +119,9 @@ _DB_PATH = re.compile(r"/?(\d*)")
 # --- the scripts ----------------------------------------------------------------------------
 
 # Shared by every script. Floats are written with %.17g: tostring() keeps 14 digits only.
-_LIB = r"""
+_LIB = (
+    f"local UNLIMITED = {UNLIMITED}\n"
+    + r"""
 local function num(x) return string.format('%.17g', x) end
 local function ms(seconds)
   local m = math.ceil(seconds * 1000)
@@ -137,18 +157,27 @@ local function finish(P, id, agent, reason, now, tomb)
   redis.call('DEL', P .. 't:' .. id)
   redis.call('ZREM', P .. 'live', id)
   redis.call('ZREM', P .. 'a:' .. agent, 's:' .. id)
+  local window = P .. 'w:' .. agent
+  if redis.call('GET', window) == id then redis.call('DEL', window) end
 end
-local function touch(P, id, agent, due, now, tomb)
+-- A window (kind 'window') is outside the cap: its agent's window key follows it instead.
+local function touch(P, id, agent, due, now, tomb, kind)
   local life = ms(due + tomb - now)
   redis.call('PEXPIRE', P .. 's:' .. id, life)
   redis.call('PEXPIRE', P .. 't:' .. id, life)
   redis.call('ZADD', P .. 'live', num(due), id)
   extend(P .. 'live', life)
-  local mine = P .. 'a:' .. agent
-  redis.call('ZADD', mine, num(due), 's:' .. id)
-  extend(mine, ms(due - now))
+  if kind == 'window' then
+    local window = P .. 'w:' .. agent
+    if redis.call('GET', window) == id then redis.call('PEXPIRE', window, life) end
+  else
+    local mine = P .. 'a:' .. agent
+    redis.call('ZADD', mine, num(due), 's:' .. id)
+    extend(mine, ms(due - now))
+  end
 end
 """
+)
 
 # KEYS: agent set. ARGV: prefix, now, ttl, idle_timeout, max_per_agent, nonce,
 # reservation ttl, tombstone ttl, agent. Returns {1, held} or {0, held}.
@@ -182,7 +211,8 @@ return {1, count}
 )
 
 # KEYS: session hash, the reservation's agent set. ARGV: prefix, now, nonce, session id,
-# agent, protocol, proxy_issued, counted, ttl, idle_timeout, per_minute, tombstone ttl.
+# agent, protocol, proxy_issued, counted, ttl, idle_timeout, per_minute, tombstone ttl,
+# kind, has grant (1|0), grant.
 # Returns 1 (born), 2 (an existing session of this agent, charged) or 0 (left alone).
 _BIND = (
     _LIB
@@ -191,7 +221,7 @@ local P, now, id, agent = ARGV[1], tonumber(ARGV[2]), ARGV[4], ARGV[5]
 local counted, per_minute, tomb = tonumber(ARGV[8]), tonumber(ARGV[11]), tonumber(ARGV[12])
 if ARGV[3] ~= '' then redis.call('ZREM', KEYS[2], 'r:' .. ARGV[3]) end
 local h = redis.call('HMGET', KEYS[1], 'agent', 'ended', 'created', 'last_used', 'used',
-  'tokens', 'stamp', 'ttl', 'idle_timeout')
+  'tokens', 'stamp', 'ttl', 'idle_timeout', 'kind')
 if h[1] then
   if h[2] or h[1] ~= agent then return 0 end
   local last = math.max(tonumber(h[4]), now)
@@ -199,14 +229,17 @@ if h[1] then
   redis.call('HSET', KEYS[1], 'last_used', num(last), 'tokens', num(tokens - counted),
     'stamp', num(stamp), 'used', num(tonumber(h[5]) + counted))
   local created = tonumber(h[3])
-  touch(P, id, agent, deadline(created, last, tonumber(h[8]), tonumber(h[9])), now, tomb)
+  local due = deadline(created, last, tonumber(h[8]), tonumber(h[9]))
+  touch(P, id, agent, due, now, tomb, h[10])
   return 2
 end
 local ttl, idle = tonumber(ARGV[9]), tonumber(ARGV[10])
-redis.call('HSET', KEYS[1], 'agent', agent, 'protocol', ARGV[6], 'created', ARGV[2],
-  'last_used', ARGV[2], 'used', num(counted), 'tokens', num(per_minute - counted),
-  'stamp', ARGV[2], 'proxy_issued', ARGV[7], 'ttl', ARGV[9], 'idle_timeout', ARGV[10])
-touch(P, id, agent, deadline(now, now, ttl, idle), now, tomb)
+redis.call('HSET', KEYS[1], 'agent', agent, 'protocol', ARGV[6], 'kind', ARGV[13],
+  'created', ARGV[2], 'last_used', ARGV[2], 'used', num(counted),
+  'tokens', num(math.min(per_minute, UNLIMITED) - counted), 'stamp', ARGV[2],
+  'proxy_issued', ARGV[7], 'ttl', ARGV[9], 'idle_timeout', ARGV[10])
+if ARGV[14] == '1' then redis.call('HSET', KEYS[1], 'grant', ARGV[15]) end
+touch(P, id, agent, deadline(now, now, ttl, idle), now, tomb, ARGV[13])
 return 1
 """
 )
@@ -223,7 +256,7 @@ local P, now, agent, id = ARGV[1], tonumber(ARGV[2]), ARGV[8], ARGV[9]
 local ttl, idle, calls = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local per_minute, tomb = tonumber(ARGV[6]), tonumber(ARGV[7])
 local h = redis.call('HMGET', KEYS[1], 'agent', 'ended', 'created', 'last_used', 'used',
-  'tokens', 'stamp', 'ended_at', 'ttl', 'idle_timeout')
+  'tokens', 'stamp', 'ended_at', 'ttl', 'idle_timeout', 'kind')
 if not h[1] then return {'S', 'SESSION_NOT_FOUND'} end
 if h[1] ~= agent then return {'S', 'AGENT_MISMATCH'} end
 if h[2] == 'closed' then return {'S', 'SESSION_CLOSED'} end
@@ -267,12 +300,14 @@ local function decide(counted, tool, budget, denied)
     end
   end
   if denied ~= '' then return verdict(denied) end
-  tokens, stamp = refill(tokens, stamp, per_minute, now)
-  if tokens < 1.0 - 1e-9 then
-    local wait = (1.0 - tokens) * 60.0 / per_minute
-    return verdict('SESSION_RATE_LIMITED', 'per_minute', per_minute, per_minute - tokens, wait)
+  if per_minute < UNLIMITED then  -- an unset rate limit keeps no bucket
+    tokens, stamp = refill(tokens, stamp, per_minute, now)
+    if tokens < 1.0 - 1e-9 then
+      local wait = (1.0 - tokens) * 60.0 / per_minute
+      return verdict('SESSION_RATE_LIMITED', 'per_minute', per_minute, per_minute - tokens, wait)
+    end
+    tokens = tokens - 1.0
   end
-  tokens = tokens - 1.0
   used = used + 1
   if allowance then
     spent[tool] = spent[tool] + 1
@@ -284,7 +319,7 @@ for i = 10, #ARGV, 4 do decide(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]) e
 redis.call('HSET', KEYS[1], 'last_used', num(last), 'used', num(used), 'tokens', num(tokens),
   'stamp', num(stamp), 'ttl', ARGV[3], 'idle_timeout', ARGV[4])
 for tool in pairs(changed) do redis.call('HSET', KEYS[2], tool, spent[tool]) end
-touch(P, id, agent, deadline(created, last, ttl, idle), now, tomb)
+touch(P, id, agent, deadline(created, last, ttl, idle), now, tomb, h[11])
 return out
 """
 )
@@ -304,6 +339,33 @@ if due <= now then
 end
 finish(P, id, h[1], 'closed', now, tomb)
 return 1
+"""
+)
+
+# KEYS: the agent's window key. ARGV: prefix, now, ttl, idle_timeout, per_minute,
+# tombstone ttl, agent, protocol, a fresh id. Returns the id of the agent's live window:
+# the current one, or the fresh id once the current one is gone or expired (ended here).
+_WINDOW = (
+    _LIB
+    + r"""
+local P, now = ARGV[1], tonumber(ARGV[2])
+local ttl, idle, per_minute = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local tomb, agent, id = tonumber(ARGV[6]), ARGV[7], ARGV[9]
+local current = redis.call('GET', KEYS[1])
+if current then
+  local h = redis.call('HMGET', P .. 's:' .. current, 'agent', 'ended', 'created', 'last_used')
+  if h[1] and not h[2] then
+    if not expiry(tonumber(h[3]), tonumber(h[4]), ttl, idle, now) then return current end
+    finish(P, current, h[1], 'expired', now, tomb)
+  end
+end
+redis.call('HSET', P .. 's:' .. id, 'agent', agent, 'protocol', ARGV[8], 'kind', 'window',
+  'created', ARGV[2], 'last_used', ARGV[2], 'used', '0',
+  'tokens', num(math.min(per_minute, UNLIMITED)), 'stamp', ARGV[2], 'proxy_issued', '0',
+  'ttl', ARGV[3], 'idle_timeout', ARGV[4])
+redis.call('SET', KEYS[1], id)
+touch(P, id, agent, deadline(now, now, ttl, idle), now, tomb, 'window')
+return id
 """
 )
 
@@ -336,8 +398,20 @@ return {ended, #due}
 
 # --- decoding ---------------------------------------------------------------------------------
 
-_INFO_FIELDS = ("agent", "protocol", "created", "last_used", "used", "ended", "proxy_issued")
+_INFO_FIELDS = (
+    "agent",
+    "protocol",
+    "created",
+    "last_used",
+    "used",
+    "ended",
+    "proxy_issued",
+    "kind",
+    "grant",
+)
+_ENDED = _INFO_FIELDS.index("ended")
 _KINDS = {kind.value: kind for kind in LimitKind}
+_SOURCES = {kind.value: kind for kind in Kind}
 _PLAIN = {reason.name: Denial(reason) for reason in E}
 _ONE_ALLOWED = Outcome(calls=(None,))
 
@@ -362,7 +436,7 @@ def _denial(
 
 
 def _info(session_id: str, row: Sequence[str | None]) -> SessionInfo | None:
-    agent, protocol, created, last_used, used, ended, proxy_issued = row
+    agent, protocol, created, last_used, used, ended, proxy_issued, kind, grant = row
     if agent is None or created is None or last_used is None:
         return None
     return SessionInfo(
@@ -374,6 +448,8 @@ def _info(session_id: str, row: Sequence[str | None]) -> SessionInfo | None:
         calls_used=int(used or 0),
         closed=ended == "closed",
         proxy_issued=proxy_issued == "1",
+        kind=_SOURCES.get(kind or "", Kind.PROTOCOL),  # hashes from before kinds: protocol
+        grant=grant,
     )
 
 
@@ -414,6 +490,7 @@ class RedisStore:
         self._reservation_ttl = reservation_ttl
         self._tombstone_ttl = tombstone_ttl
         self._task_ttl_ms = max(1, round(task_ttl * 1000))
+        self._state_ttl_ms = max(1, round(STATE_TTL * 1000))
         self._sweep_batch = sweep_batch
         self._live = prefix + "live"
         timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
@@ -422,6 +499,7 @@ class RedisStore:
         self._bind = client.register_script(_BIND)
         self._check = client.register_script(_CHECK)
         self._close = client.register_script(_CLOSE)
+        self._window = client.register_script(_WINDOW)
         self._sweep = client.register_script(_SWEEP)
 
     @classmethod
@@ -474,6 +552,12 @@ class RedisStore:
     def _agent_key(self, agent: str) -> str:
         return f"{self._prefix}a:{agent}"
 
+    def _window_key(self, agent: str) -> str:
+        return f"{self._prefix}w:{agent}"
+
+    def _state_key(self, session_id: str, state: str) -> str:
+        return f"{self._prefix}q:{len(session_id)}:{session_id}:{state}"
+
     async def _run(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
         with _unavailable():
             try:
@@ -520,6 +604,8 @@ class RedisStore:
         *,
         proxy_issued: bool = False,
         counted: int = 0,
+        kind: Kind = Kind.PROTOCOL,
+        grant: str | None = None,
     ) -> None:
         nonce, _, held_by = reservation.partition(":")
         await self._run(
@@ -538,6 +624,9 @@ class RedisStore:
                 limits.idle_timeout,
                 limits.per_minute,
                 self._tombstone_ttl,
+                kind.value,
+                "0" if grant is None else "1",
+                grant or "",
             ],
         )
 
@@ -546,6 +635,35 @@ class RedisStore:
         if agent:
             with _unavailable():
                 await self._redis.zrem(self._agent_key(agent), f"r:{nonce}")
+
+    async def window(self, agent: str, protocol: str, limits: Limits, now: float) -> str:
+        opened = await self._run(
+            self._window,
+            [self._window_key(agent)],
+            [
+                self._prefix,
+                now,
+                limits.ttl,
+                limits.idle_timeout,
+                limits.per_minute,
+                self._tombstone_ttl,
+                agent,
+                protocol,
+                WINDOW_PREFIX + secrets.token_urlsafe(16),
+            ],
+        )
+        return cast("str", opened)
+
+    async def remember_state(self, session_id: str, state: str, now: float) -> None:
+        with _unavailable():
+            await self._redis.set(
+                self._state_key(session_id, state), repr(now + STATE_TTL), px=self._state_ttl_ms
+            )
+
+    async def take_state(self, session_id: str, state: str, now: float) -> bool:
+        with _unavailable():
+            lapse = await self._redis.getdel(self._state_key(session_id, state))
+        return lapse is not None and float(cast("str", lapse)) > now
 
     # --- decisions ------------------------------------------------------------------------
 
@@ -623,7 +741,7 @@ class RedisStore:
             for session_id in ids:
                 pipe.hmget(self._session_key(session_id), _INFO_FIELDS)
             rows: list[list[str | None]] = await pipe.execute()
-        infos = [_info(sid, row) for sid, row in zip(ids, rows, strict=True) if row[5] is None]
+        infos = [_info(sid, row) for sid, row in zip(ids, rows, strict=True) if row[_ENDED] is None]
         return [s for s in infos if s is not None]
 
     async def live_count(self, now: float) -> int:

@@ -166,9 +166,11 @@ class RpcReply:
     def denied(
         self, reason: str, *, session: str | None = None, domain: str = DEFAULT_DOMAIN
     ) -> Mapping[str, Any]:
-        """A proxy denial on the JSON-RPC binding: HTTP 200, its own code (errors.md 1, 2)."""
+        """A proxy denial on the JSON-RPC binding: HTTP 200 (401 for UNAUTHENTICATED), its own
+        code (errors.md 1, 2)."""
         response = self.response
-        assert response.status_code == 200, (response.status_code, response.text)
+        status = 401 if reason == "UNAUTHENTICATED" else 200
+        assert response.status_code == status, (response.status_code, response.text)
         assert response.headers["content-type"].startswith("application/json")
         body = response.json()
         assert set(body) == {"jsonrpc", "id", "error"}, body
@@ -462,7 +464,7 @@ async def test_budget_through_the_official_client(warden: Target) -> None:
         with pytest.raises(A2AClientError) as caught:
             await send(client, "three", context=context)
     # The SDK keeps only the code and the message of errors it has no class for.
-    assert str(caught.value) == "JSON-RPC Error -32063: session budget exceeded"
+    assert str(caught.value) == "JSON-RPC Error -31063: session budget exceeded"
     assert len(warden.seen_by(marker)) == 2
 
     async with official(warden.proxy.url, agent, TransportProtocol.HTTP_JSON) as (rest, marker):
@@ -562,7 +564,7 @@ async def test_a_current_method_glob_denies_the_operation_under_every_name(
     ):
         with pytest.raises(A2AClientError) as caught:
             await send(client, "stream 1")
-    assert str(caught.value) == "JSON-RPC Error -32069: method not authorized in session"
+    assert str(caught.value) == "JSON-RPC Error -31069: method not authorized in session"
     assert warden.seen_by(marker) == warden.seen_by(raw.marker) == []
 
 

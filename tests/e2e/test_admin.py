@@ -31,7 +31,7 @@ from tests.upstreams.serve import HeaderRecorder
 
 pytestmark = pytest.mark.timeout(60)
 
-SESSION_FIELDS = {"id", "agent", "protocol", "created", "last_used", "calls_used"}
+SESSION_FIELDS = {"id", "agent", "kind", "protocol", "created", "last_used", "calls_used"}
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +70,7 @@ async def test_sessions_lists_live_sessions(target: Target, web: httpx.AsyncClie
     listed = (await admin_sessions(target.proxy))[session]
     assert set(listed) == SESSION_FIELDS
     assert (listed["agent"], listed["protocol"], listed["calls_used"]) == (agent, "mcp", 0)
+    assert listed["kind"] == "protocol"
     created = timestamp(listed["created"])
 
     assert (await raw.request("ping", session=session)).result() == {}

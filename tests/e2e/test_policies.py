@@ -57,16 +57,16 @@ PROXY_SESSION_PREFIX = "awp-"
 
 # errors.md section 2: reason -> (message, JSON-RPC code). Stated here, not imported.
 REASONS: dict[str, tuple[str, int]] = {
-    "SESSION_NOT_FOUND": ("session not found", -32060),
-    "SESSION_EXPIRED": ("session expired", -32061),
-    "SESSION_CLOSED": ("session already closed", -32062),
-    "SESSION_BUDGET_EXCEEDED": ("session budget exceeded", -32063),
-    "TOOL_NOT_AUTHORIZED": ("tool not authorized in session", -32064),
-    "SESSION_RATE_LIMITED": ("session rate limit exceeded", -32065),
-    "TOO_MANY_SESSIONS": ("too many concurrent sessions", -32066),
-    "AGENT_MISMATCH": ("agent mismatch", -32067),
-    "UNAUTHENTICATED": ("unauthenticated", -32068),
-    "METHOD_NOT_AUTHORIZED": ("method not authorized in session", -32069),
+    "SESSION_NOT_FOUND": ("session not found", -31060),
+    "SESSION_EXPIRED": ("session expired", -31061),
+    "SESSION_CLOSED": ("session already closed", -31062),
+    "SESSION_BUDGET_EXCEEDED": ("session budget exceeded", -31063),
+    "TOOL_NOT_AUTHORIZED": ("tool not authorized in session", -31064),
+    "SESSION_RATE_LIMITED": ("session rate limit exceeded", -31065),
+    "TOO_MANY_SESSIONS": ("too many concurrent sessions", -31066),
+    "AGENT_MISMATCH": ("agent mismatch", -31067),
+    "UNAUTHENTICATED": ("unauthenticated", -31068),
+    "METHOD_NOT_AUTHORIZED": ("method not authorized in session", -31069),
 }
 
 # What the policy files configure and a client must never be told (errors.md section 2).
@@ -228,7 +228,7 @@ class Reply:
     def denied(self, reason: str, *, domain: str = DEFAULT_DOMAIN) -> Mapping[str, Any]:
         """Check the whole denial (status, headers, envelope); returns its ErrorInfo."""
         response = self.response
-        status = 404 if reason in SESSION_GONE else 200
+        status = 404 if reason in SESSION_GONE else 401 if reason == "UNAUTHENTICATED" else 200
         assert response.status_code == status, (response.status_code, response.text)
         assert response.headers["content-type"].startswith("application/json")
         body = response.json()
@@ -522,16 +522,23 @@ async def test_unknown_session_id_is_not_found(stateful: Target, web: httpx.Asyn
     assert stateful.posts(raw) == []
 
 
-async def test_request_without_session_id_is_not_found(
+async def test_request_without_session_id_is_judged_in_the_agent_window(
     stateful: Target, web: httpx.AsyncClient
 ) -> None:
+    """No Mcp-Session-Id: the agent's window judges it (contract, Sessions), and the 2025
+    upstream's own 400 reaches the client with its status and JSON-RPC body."""
     raw = stateful.raw(web, fresh("nobody"))
     listing = await raw.request("tools/list", session=None)
-    info = listing.denied("SESSION_NOT_FOUND")
-    assert "sessionId" not in info["metadata"]
-    call = await raw.echo(None)
-    call.denied("SESSION_NOT_FOUND")
-    assert stateful.posts(raw) == []
+    assert listing.response.status_code == 400, listing.response.text
+    assert listing.message["error"]["code"] == -32600
+    assert len(stateful.posts(raw)) == 1
+    windows = [
+        s
+        for s in (await admin_sessions(stateful.proxy)).values()
+        if s["agent"] == raw.agent and s["kind"] == "window"
+    ]
+    assert len(windows) == 1
+    assert windows[0]["calls_used"] == 1
 
 
 async def test_ttl_expires_the_session(stateful: Target, web: httpx.AsyncClient) -> None:
@@ -608,7 +615,10 @@ async def test_budget_counts_requests_not_pings_notifications_or_denials(
     assert (await raw.request("ping", session=session)).result() == {}
     # Denied: not counted.
     (await raw.call_tool(session, "delete_admin", user="root")).denied("TOOL_NOT_AUTHORIZED")
-    assert len((await raw.request("tools/list", session=session)).result()["tools"]) == 8
+    # tools/list hides the denied tool (delete_admin): 7 of the upstream's 8.
+    listed = (await raw.request("tools/list", session=session)).result()["tools"]
+    assert len(listed) == 7
+    assert "delete_admin" not in {t["name"] for t in listed}
     assert (await raw.echo(session, "two")).tool_text() == "two"
     notified = await raw.send(
         {"jsonrpc": "2.0", "method": "notifications/roots/list_changed"}, session
@@ -636,8 +646,9 @@ async def spend_budget_officially(target: Target, agent: str) -> Official:
     """With budget.calls: 3, the official client's third tool call is refused."""
     async with official_client(target.endpoint, agent) as client:
         await client.session.initialize()
-        # Counted too: the client lists the tools to learn their output schemas.
-        assert len((await client.session.list_tools()).tools) == 8
+        # Counted too: the client lists the tools to learn their output schemas (the denied
+        # delete_admin is not listed).
+        assert len((await client.session.list_tools()).tools) == 7
         for a in range(2):
             result = await client.session.call_tool("add", {"a": a, "b": 1})
             assert result.structured_content == {"result": a + 1}
@@ -684,8 +695,10 @@ async def test_tool_allow_and_deny_globs(stateful: Target, web: httpx.AsyncClien
         assert json.loads(text_of(found))["id"] == "c-1"
         echoed = await client.session.call_tool("echo", {"text": "allowed"})
         assert text_of(echoed) == "allowed"
-        # tools/list is not tools/call: the tool globs do not filter it.
-        assert len((await client.session.list_tools()).tools) == 8
+        # tools/list shows only what the caller may call (contract: results are filtered).
+        listed = await client.session.list_tools()
+        assert {t.name for t in listed.tools} == {"echo", "lookup_customer"}
+        assert listed.cache_scope == "private"
         refused: list[tuple[str, dict[str, Any]]] = [
             ("refund_payment", {"payment_id": "p", "amount": 1}),  # not in allow
             ("add", {"a": 1, "b": 2}),  # not in allow

@@ -53,7 +53,7 @@ OPEN_POLICY = DATA / "replicas_open.yaml"
 # errors.md section 2, stated here: the store row is not in test_policies.REASONS.
 STORE_REASON = "POLICY_STORE_UNAVAILABLE"
 STORE_MESSAGE = "policy store unavailable"
-STORE_CODE = -32070
+STORE_CODE = -31070
 AUDIT_MSG = "request would be denied (audit)"
 
 
@@ -132,7 +132,7 @@ async def web() -> AsyncIterator[httpx.AsyncClient]:
 
 
 def store_unavailable(reply: Reply) -> Mapping[str, Any]:
-    """POLICY_STORE_UNAVAILABLE on MCP: JSON-RPC -32070 at HTTP 200; returns its ErrorInfo."""
+    """POLICY_STORE_UNAVAILABLE on MCP: JSON-RPC -31070 at HTTP 200; returns its ErrorInfo."""
     response = reply.response
     assert response.status_code == 200, (response.status_code, response.text)
     assert response.headers["content-type"].startswith("application/json"), response.headers

@@ -131,7 +131,7 @@ async def test_a_denied_tool_is_traced_with_the_policys_reason(
     assert server.attributes["agent_warden.policy"] == "tool-guard"
     assert server.attributes["agent_warden.decision"] == "deny"
     assert server.attributes["agent_warden.reason"] == "TOOL_NOT_AUTHORIZED"
-    assert server.attributes["rpc.response.status_code"] == "-32064"
+    assert server.attributes["rpc.response.status_code"] == "-31064"
     # The CLIENT span, had there been one, ends before the SERVER span and is exported first.
     assert receiver.spans(lambda s: s.trace_id == trace_id) == [server]
     assert upstream_seen(mcp_upstream_seen, mcp.marker, trace_id) == []

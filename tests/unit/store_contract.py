@@ -9,6 +9,7 @@ store keeping keys with server-side expiry sees sensible deadlines.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from proxy.errors import E
-from proxy.sessions.base import Call, Denial, LimitKind, Limits, SessionStore
+from proxy.sessions.base import UNLIMITED, Call, Denial, Kind, LimitKind, Limits, SessionStore
 from proxy.sessions.memory import MemoryStore
 from proxy.sessions.redis import RedisStore
 from tests.redis_server import RedisServer
@@ -52,7 +53,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[SessionStore]:
 
 
 T0 = float(int(time.time()))
-LIMITS = Limits()
+LIMITS = Limits(ttl=3600, idle_timeout=900, max_per_agent=10, calls=1000, per_minute=600)
 CALL = Call(counted=True)
 PING = Call(counted=False)
 
@@ -583,3 +584,264 @@ async def test_get_reports_proxy_issued(store: SessionStore) -> None:
 
 async def test_healthy(store: SessionStore) -> None:
     assert await store.healthy()
+
+
+# --- kinds and grants ---------------------------------------------------------------------
+
+
+GRANT = json.dumps(  # as given, byte for byte: key order, spacing and non-ASCII kept
+    {"budget": {"calls": 20}, "tools": {"allow": ["lookup_*"]}, "note": "caf\u00e9 \u2603"},
+    ensure_ascii=False,
+)
+
+
+async def test_kind_and_grant_round_trip_through_get_and_sessions(store: SessionStore) -> None:
+    token = await store.reserve("alice", LIMITS, T0)
+    assert isinstance(token, str)
+    await store.bind(token, "minted", "alice", "mcp", LIMITS, T0, kind=Kind.MINTED, grant=GRANT)
+    await open_session(store, "plain")
+    minted = await store.get("minted")
+    assert minted is not None
+    assert (minted.kind, minted.grant) == (Kind.MINTED, GRANT)
+    plain = await store.get("plain")
+    assert plain is not None
+    assert (plain.kind, plain.grant) == (Kind.PROTOCOL, None)
+    listed = {s.id: (s.kind, s.grant) for s in await store.sessions(T0)}
+    assert listed == {"minted": (Kind.MINTED, GRANT), "plain": (Kind.PROTOCOL, None)}
+    assert await store.close("minted", T0 + 1)
+    ended = await store.get("minted")
+    assert ended is not None
+    assert (ended.kind, ended.grant, ended.closed) == (Kind.MINTED, GRANT, True)
+
+
+async def test_a_minted_session_without_a_grant_and_an_empty_grant(store: SessionStore) -> None:
+    token = await store.reserve("alice", LIMITS, T0)
+    assert isinstance(token, str)
+    await store.bind(token, "bare", "alice", "a2a", LIMITS, T0, kind=Kind.MINTED)
+    token = await store.reserve("alice", LIMITS, T0)
+    assert isinstance(token, str)
+    await store.bind(token, "empty", "alice", "a2a", LIMITS, T0, kind=Kind.MINTED, grant="")
+    bare, empty = await store.get("bare"), await store.get("empty")
+    assert bare is not None
+    assert empty is not None
+    assert (bare.kind, bare.grant) == (Kind.MINTED, None)
+    assert (empty.kind, empty.grant) == (Kind.MINTED, "")  # stored as given
+
+
+# --- agent windows ------------------------------------------------------------------------
+
+
+async def test_a_window_opens_once_and_is_the_agents_until_it_ends(store: SessionStore) -> None:
+    first = await store.window("alice", "mcp", LIMITS, T0)
+    assert await store.window("alice", "mcp", LIMITS, T0 + 1) == first
+    assert await store.window("alice", "a2a", LIMITS, T0 + 2) == first  # one per agent
+    other = await store.window("bob", "mcp", LIMITS, T0)
+    assert other != first
+    assert await verdicts(store, [CALL], LIMITS, T0 + 3, first) == [None]
+    assert await session_reason(store, first, "bob", now=T0 + 3) is E.AGENT_MISMATCH
+    info = await store.get(first)
+    assert info is not None
+    assert (info.agent, info.protocol, info.kind, info.grant) == ("alice", "mcp", Kind.WINDOW, None)
+    assert (info.calls_used, info.closed, info.proxy_issued) == (1, False, False)
+    listed = {s.id: (s.agent, s.kind) for s in await store.sessions(T0 + 3)}
+    assert listed == {first: ("alice", Kind.WINDOW), other: ("bob", Kind.WINDOW)}
+    assert await store.live_count(T0 + 3) == 2
+
+
+async def test_concurrent_callers_share_one_window(store: SessionStore) -> None:
+    ids = await asyncio.gather(*(store.window("alice", "mcp", LIMITS, T0) for _ in range(20)))
+    assert len(set(ids)) == 1
+    assert await store.live_count(T0) == 1
+    assert [s.id for s in await store.sessions(T0)] == [ids[0]]
+
+
+async def test_a_window_is_not_counted_in_the_cap(store: SessionStore) -> None:
+    one = Limits(max_per_agent=1)
+    window = await store.window("alice", "mcp", one, T0)
+    token = await store.reserve("alice", one, T0)
+    assert isinstance(token, str)  # the window took no place
+    await store.bind(token, "s1", "alice", "mcp", one, T0)
+    assert isinstance(await store.reserve("alice", one, T0), Denial)  # the session did
+    assert await store.window("alice", "mcp", one, T0) == window  # and a full cap no window
+    assert await store.close(window, T0 + 1)
+    assert isinstance(await store.reserve("alice", one, T0 + 1), Denial)
+    assert await store.close("s1", T0 + 1)
+    assert isinstance(await store.reserve("alice", one, T0 + 1), str)
+
+
+async def test_a_window_ends_by_ttl_and_the_next_call_opens_another(store: SessionStore) -> None:
+    limits = Limits(ttl=60.0, idle_timeout=3600.0)
+    old = await store.window("alice", "mcp", limits, T0)
+    assert await verdicts(store, [CALL], limits, T0 + 59, old) == [None]
+    assert await store.window("alice", "mcp", limits, T0 + 59) == old
+    new = await store.window("alice", "mcp", limits, T0 + 60)
+    assert new != old
+    outcome = await store.check(old, "alice", [CALL], limits, T0 + 61)
+    assert outcome.session is not None
+    assert outcome.session.reason is E.SESSION_EXPIRED
+    assert outcome.session.limit is LimitKind.TTL
+    assert await verdicts(store, [CALL], limits, T0 + 61, new) == [None]
+    assert [s.id for s in await store.sessions(T0 + 61)] == [new]
+    assert await store.live_count(T0 + 61) == 1
+
+
+async def test_a_window_ends_by_idle_and_a_check_of_it_says_expired(store: SessionStore) -> None:
+    limits = Limits(idle_timeout=30.0)
+    old = await store.window("alice", "mcp", limits, T0)
+    for t in (29.0, 58.0):  # use keeps it alive
+        assert await verdicts(store, [CALL], limits, T0 + t, old) == [None]
+        assert await store.window("alice", "mcp", limits, T0 + t) == old
+    outcome = await store.check(old, "alice", [CALL], limits, T0 + 88)
+    assert outcome.session is not None
+    assert outcome.session.reason is E.SESSION_EXPIRED
+    assert outcome.session.limit is LimitKind.IDLE
+    new = await store.window("alice", "mcp", limits, T0 + 89)
+    assert new != old
+    assert await session_reason(store, old, limits=limits, now=T0 + 90) is E.SESSION_EXPIRED
+    assert await session_reason(store, new, limits=limits, now=T0 + 90) is None
+    old_info = await store.get(old)
+    assert old_info is not None
+    assert (old_info.kind, old_info.calls_used) == (Kind.WINDOW, 2)
+
+
+async def test_a_window_swept_away_is_expired_and_replaced(store: SessionStore) -> None:
+    limits = Limits(ttl=10.0)
+    old = await store.window("alice", "mcp", limits, T0)
+    assert await store.sweep(T0 + 10) == 1
+    assert await store.live_count(T0 + 10) == 0
+    assert await session_reason(store, old, limits=limits, now=T0 + 11) is E.SESSION_EXPIRED
+    new = await store.window("alice", "mcp", limits, T0 + 11)
+    assert new != old
+    assert await store.live_count(T0 + 11) == 1
+
+
+async def test_a_closed_window_is_closed_and_replaced(store: SessionStore) -> None:
+    old = await store.window("alice", "mcp", LIMITS, T0)
+    assert await store.close(old, T0 + 1)
+    assert await session_reason(store, old, now=T0 + 2) is E.SESSION_CLOSED
+    new = await store.window("alice", "mcp", LIMITS, T0 + 2)
+    assert new != old
+    assert await session_reason(store, new, now=T0 + 2) is None
+
+
+async def test_a_window_is_judged_by_the_current_limits(store: SessionStore) -> None:
+    old = await store.window("alice", "mcp", LIMITS, T0)
+    assert await store.window("alice", "mcp", LIMITS, T0 + 100) == old
+    new = await store.window("alice", "mcp", Limits(ttl=50.0), T0 + 100)  # a reload
+    assert new != old
+    assert await session_reason(store, old, now=T0 + 101) is E.SESSION_EXPIRED
+
+
+async def test_budgets_count_per_window(store: SessionStore) -> None:
+    limits = Limits(calls=2, idle_timeout=30.0, tool_calls={"refund": 1})
+    first = await store.window("alice", "mcp", limits, T0)
+    got = await verdicts(store, [tool("refund"), tool("refund"), CALL, CALL], limits, T0, first)
+    assert got == [None, E.SESSION_BUDGET_EXCEEDED, None, E.SESSION_BUDGET_EXCEEDED]
+    assert await store.window("alice", "mcp", limits, T0 + 10) == first
+    assert await verdicts(store, [CALL], limits, T0 + 10, first) == [E.SESSION_BUDGET_EXCEEDED]
+    second = await store.window("alice", "mcp", limits, T0 + 40)  # idle: a new window
+    assert second != first
+    got = await verdicts(store, [tool("refund"), CALL, CALL], limits, T0 + 40, second)
+    assert got == [None, None, E.SESSION_BUDGET_EXCEEDED]
+    assert (await calls_used(store, first), await calls_used(store, second)) == (2, 2)
+
+
+async def test_rate_limits_count_per_window(store: SessionStore) -> None:
+    limits = Limits(per_minute=2, ttl=10.0)
+    first = await store.window("alice", "mcp", limits, T0)
+    got = await verdicts(store, [CALL] * 3, limits, T0, first)
+    assert got == [None, None, E.SESSION_RATE_LIMITED]
+    second = await store.window("alice", "mcp", limits, T0 + 10)
+    assert await verdicts(store, [CALL] * 3, limits, T0 + 10, second) == got
+
+
+# --- MCP requestState ---------------------------------------------------------------------
+
+
+async def test_a_remembered_state_is_taken_once(store: SessionStore) -> None:
+    assert not await store.take_state("s1", "digest-1", T0)
+    await store.remember_state("s1", "digest-1", T0)
+    await store.remember_state("s1", "digest-2", T0)
+    took = await asyncio.gather(*(store.take_state("s1", "digest-1", T0 + 1) for _ in range(10)))
+    assert sum(took) == 1
+    assert not await store.take_state("s1", "digest-1", T0 + 2)
+    assert await store.take_state("s1", "digest-2", T0 + 2)
+    assert not await store.take_state("s1", "unknown", T0 + 2)
+
+
+async def test_states_are_per_session(store: SessionStore) -> None:
+    await store.remember_state("s1", "digest", T0)
+    assert not await store.take_state("s2", "digest", T0)
+    assert not await store.take_state("s", "1:digest", T0)  # no confusion at the joint
+    assert not await store.take_state("s1:", "digest", T0)
+    assert await store.take_state("s1", "digest", T0)
+    await store.remember_state("a:b", "c", T0)
+    assert not await store.take_state("a", "b:c", T0)
+    assert await store.take_state("a:b", "c", T0)
+
+
+async def test_a_state_lapses_after_an_hour(store: SessionStore) -> None:
+    await store.remember_state("s1", "early", T0)
+    await store.remember_state("s1", "late", T0)
+    assert await store.take_state("s1", "early", T0 + 3599)
+    assert not await store.take_state("s1", "late", T0 + 3600)
+    assert not await store.take_state("s1", "late", T0 + 3600)
+
+
+async def test_remembering_a_state_again_starts_its_hour_again(store: SessionStore) -> None:
+    await store.remember_state("s1", "digest", T0)
+    await store.remember_state("s1", "digest", T0 + 1800)
+    assert await store.take_state("s1", "digest", T0 + 3599 + 1800)
+
+
+# --- unset limits -------------------------------------------------------------------------
+
+
+async def test_unlimited_limits_never_deny(store: SessionStore) -> None:
+    unset = Limits()
+    assert (unset.calls, unset.per_minute, unset.max_per_agent) == (UNLIMITED,) * 3
+    for i in range(30):
+        assert isinstance(await store.reserve("alice", unset, T0), str), i
+    await open_session(store, "s1", limits=unset, counted=1)
+    for _ in range(50):  # all at one instant: any bucket would be empty
+        assert await verdicts(store, [CALL] * 100, unset, T0) == [None] * 100
+    assert await calls_used(store) == 5001
+    window = await store.window("alice", "mcp", unset, T0)
+    assert await verdicts(store, [CALL] * 1000, unset, T0, window) == [None] * 1000
+    assert await calls_used(store, window) == 1000
+
+
+async def test_a_rate_limit_set_after_unlimited_calls_limits_at_once(store: SessionStore) -> None:
+    unset = Limits()
+    await open_session(store, limits=unset)
+    assert await verdicts(store, [CALL] * 500, unset, T0) == [None] * 500
+    slow = Limits(per_minute=2)
+    got = await verdicts(store, [CALL] * 3, slow, T0)
+    assert got == [None, None, E.SESSION_RATE_LIMITED]
+    outcome = await store.check("s1", "alice", [CALL], slow, T0 + 15)
+    denial = outcome.calls[0]
+    assert denial is not None
+    assert denial.reason is E.SESSION_RATE_LIMITED
+    assert denial.limit_value == 2
+    assert denial.retry_after == pytest.approx(15.0)
+    assert await verdicts(store, [CALL] * 2, unset, T0 + 15) == [None] * 2  # unset again
+    assert await verdicts(store, [CALL], slow, T0 + 30) == [None]  # the bucket as it was
+    assert await verdicts(store, [CALL], slow, T0 + 30) == [E.SESSION_RATE_LIMITED]
+
+
+async def test_a_rate_limit_set_on_a_session_born_unlimited_with_a_charge(
+    store: SessionStore,
+) -> None:
+    await open_session(store, limits=Limits(), counted=1)
+    slow = Limits(per_minute=2)
+    assert await verdicts(store, [CALL] * 3, slow, T0) == [None, None, E.SESSION_RATE_LIMITED]
+
+
+async def test_unlimited_counts_survive_a_budget_and_cap_set_later(store: SessionStore) -> None:
+    unset = Limits()
+    await open_session(store, limits=unset)
+    await verdicts(store, [CALL] * 20, unset, T0)
+    assert await verdicts(store, [CALL], Limits(calls=20), T0) == [E.SESSION_BUDGET_EXCEEDED]
+    denial = await store.reserve("alice", Limits(max_per_agent=1), T0)
+    assert isinstance(denial, Denial)
+    assert denial.used == 1

@@ -32,6 +32,8 @@ from proxy.errors import (
     render_sse_jsonrpc,
     retry_delay,
 )
+from proxy.errors.render import jsonrpc_code
+from proxy.errors.table import KEEPS_STATUS
 
 DOC = Path(__file__).parents[2] / "docs/spec/errors.md"
 DOMAIN = "warden.example"
@@ -50,7 +52,16 @@ SECTION_2 = (
     E.UNAUTHENTICATED,
     E.METHOD_NOT_AUTHORIZED,
     E.POLICY_STORE_UNAVAILABLE,
+    E.ORIGIN_NOT_ALLOWED,
+    E.INSUFFICIENT_SCOPE,
+    E.OVERLOADED,
+    E.HEADER_MISMATCH,
 )
+# JSON-RPC 2.0's reserved range; MCP 2026-07-28 keeps -32020..-32099 of it for itself.
+JSONRPC_RESERVED = range(-32768, -32000 + 1)
+MCP_RESERVED = range(-32099, -32020 + 1)
+# A JSON-RPC cell of section 2: the code, then an optional note, "-32020 (MCP's own code)".
+JSONRPC_CELL = re.compile(r"(-\d+)(?: \(([^()]+)\))?")
 # Cells errors.md leaves without a JSON-RPC code (section 3, stream interrupted): the
 # final SSE event's JSON-RPC error is an internal error.
 UNNUMBERED_JSONRPC = {"UPSTREAM_STREAM_INTERRUPTED": -32603}
@@ -61,6 +72,7 @@ def _name(member: E) -> str:
 
 
 GONE: list[E] = sorted(SESSION_GONE, key=_name)
+KEPT: list[E] = sorted(KEEPS_STATUS, key=_name)
 
 
 # --- reading errors.md ------------------------------------------------------------------
@@ -101,21 +113,29 @@ def _one(reason: str) -> E:
     return members[0]
 
 
-def _section2_members() -> set[E]:
-    seen = set()
-    for _variant, reason, message, code, http, jsonrpc in _table(_section(2)):
+def _section2_rows() -> list[tuple[str, E, int, str | None]]:
+    """(variant, member, JSON-RPC code, note of the code cell) for each section 2 row."""
+    rows = []
+    for variant, reason, message, code, http, jsonrpc in _table(_section(2)):
+        cell = JSONRPC_CELL.fullmatch(jsonrpc)
+        assert cell, f"{reason}: JSON-RPC cell {jsonrpc!r}"
+        number = int(cell[1])
         member = _one(reason)
         row = member.value
         assert (row.message, row.code.name, row.http_status, row.jsonrpc_code) == (
             message,
             code,
             int(http),
-            int(jsonrpc),
+            number,
         ), reason
         assert row.domain is Domain.PROXY
         assert row.http_for("1.0.0") == row.http_for("1.0.1") == (Code[code], int(http))
-        seen.add(member)
-    return seen
+        rows.append((variant, member, number, cell[2]))
+    return rows
+
+
+def _section2_members() -> set[E]:
+    return {member for _variant, member, _code, _note in _section2_rows()}
 
 
 _REASON_TOKEN = re.compile(r"\b([A-Z][A-Z0-9]*_[A-Z0-9_]*[A-Z0-9])\b(?:\s*\((MCP|A2A)\))?")
@@ -205,8 +225,8 @@ def _section4_members() -> set[E]:
         reasons = set(reason_list.split(" / "))
         members = {m for r in reasons for m in _by_reason(r)}
         used = set()
-        for jsonrpc_code in (int(c) for c in codes.split(" and ")):
-            [member] = [m for m in members if m.value.jsonrpc_code == jsonrpc_code]
+        for number in (int(c) for c in codes.split(" and ")):
+            [member] = [m for m in members if m.value.jsonrpc_code == number]
             assert member.value.http_for("1.0.1") == (Code[code], int(http))
             assert member.value.http_for("1.0.0") == (Code[code], int(http))
             used.add(member.value.reason)
@@ -217,6 +237,60 @@ def _section4_members() -> set[E]:
 
 def test_section_2_table_matches() -> None:
     assert _section2_members() == set(SECTION_2)
+
+
+def test_jsonrpc_cell_parser() -> None:
+    cell = JSONRPC_CELL.fullmatch("-32020 (MCP's own code)")
+    assert cell
+    assert (int(cell[1]), cell[2]) == (-32020, "MCP's own code")
+    plain = JSONRPC_CELL.fullmatch("-31060")
+    assert plain
+    assert (int(plain[1]), plain[2]) == (-31060, None)
+    for bad in ("31060", "-31060 ", "-31060 (a) (b)", "(MCP's own code)", ""):
+        assert not JSONRPC_CELL.fullmatch(bad), bad
+
+
+def _own_and_reserved_codes() -> tuple[range, set[int]]:
+    """errors.md section 2, "Codes": the proxy's own range, and the codes it may emit
+    inside JSON-RPC's reserved range (MCP's and A2A's own, and the standard ones)."""
+    codes = _bullet(_section(2), "**Codes (decision")
+    own = re.search(
+        r"own codes live outside the JSON-RPC reserved range, in (-\d+)\.\.(-\d+)", codes
+    )
+    assert own, codes
+    own_range = range(int(own[2]), int(own[1]) + 1)
+    allowed: set[int] = set()
+    for first, last in re.findall(r"(-\d+)(?:\.\.(-\d+))?", codes.split("with their meanings:")[1]):
+        allowed.update(range(int(last), int(first) + 1) if last else {int(first)})
+    return own_range, allowed
+
+
+def test_jsonrpc_codes_stay_outside_the_reserved_range() -> None:
+    own, allowed = _own_and_reserved_codes()
+    assert own == range(-31099, -31060 + 1)
+    assert allowed == {
+        -32005,
+        -32020,
+        *range(-32009, -32000),
+        -32700,
+        -32600,
+        -32601,
+        -32602,
+        -32603,
+    }
+    assert all(code not in JSONRPC_RESERVED for code in own)
+    emitted = {e.value.jsonrpc_code for e in E} | {MCP_SESSION_GONE_CODE}
+    for code in emitted:
+        assert code in (allowed if code in JSONRPC_RESERVED else own), code
+    # Section 2: the proxy's own codes, except a cell marked as MCP's own code.
+    for _variant, member, code, note in _section2_rows():
+        if note is None:
+            assert code in own, member
+        else:
+            assert note == "MCP's own code", member
+            assert code in MCP_RESERVED, member
+            assert code in allowed, member
+    assert E.HEADER_MISMATCH.value.jsonrpc_code == -32020
 
 
 def test_section_3_table_matches() -> None:
@@ -388,7 +462,8 @@ def test_render_aip193_every_member(member: E, a2a_spec: str) -> None:
 def test_render_jsonrpc_every_member(member: E, a2a_spec: str) -> None:
     err = WardenError(member, {"sessionId": "s-1", "method": "tools/call"})
     out = render_jsonrpc(err, 7, domain=DOMAIN, a2a_spec=a2a_spec)
-    assert out.status == 200
+    # HTTP 200, but for the rows whose status a specification requires (errors.md section 1).
+    assert out.status == (member.value.http_for(a2a_spec)[1] if member in KEEPS_STATUS else 200)
     assert out.headers == (("Content-Type", "application/json"),)
     body = json.loads(out.body)
     assert list(body) == ["jsonrpc", "id", "error"]
@@ -401,12 +476,16 @@ def test_render_jsonrpc_every_member(member: E, a2a_spec: str) -> None:
     assert out.body == _compact(jsonrpc_error_object(err, 7, domain=DOMAIN, a2a_spec=a2a_spec))
 
 
-@pytest.mark.parametrize("mcp", [False, True])
+@pytest.mark.parametrize("mcp_session", [False, True])
 @pytest.mark.parametrize("member", list(E), ids=_name)
-def test_fast_path_equals_dict_path(member: E, mcp: bool) -> None:
-    err = WardenError(member, {"tool": 'we"ird\u00e9'}, retry_after=1.25)
-    body = render_jsonrpc(err, "x", domain=DOMAIN, mcp=mcp).body
-    assert body == _compact(jsonrpc_error_object(err, "x", domain=DOMAIN, mcp=mcp))
+def test_fast_path_equals_dict_path(member: E, mcp_session: bool) -> None:
+    err = WardenError(member, {"tool": 'we"ird\u00e9'}, retry_after=1.25, mcp_session=mcp_session)
+    body = render_jsonrpc(err, "x", domain=DOMAIN).body
+    obj = jsonrpc_error_object(err, "x", domain=DOMAIN)
+    assert body == _compact(obj)
+    assert json.loads(body)["error"]["code"] == jsonrpc_code(err)
+    sse = render_sse_jsonrpc(err, "x", domain=DOMAIN)
+    assert sse == b"event: message\ndata: " + body + b"\n\n"
     code, http = err.http_for()
     aip = {
         "error": {
@@ -419,33 +498,68 @@ def test_fast_path_equals_dict_path(member: E, mcp: bool) -> None:
     assert render_aip193(err, domain=DOMAIN).body == _compact(aip)
 
 
-def test_retry_info_and_retry_after() -> None:
-    err = WardenError(E.SESSION_RATE_LIMITED, {"sessionId": "abc"}, retry_after=0.2)
-    for out in (render_aip193(err, domain=DOMAIN), render_jsonrpc(err, 1, domain=DOMAIN)):
-        assert dict(out.headers) == {"Content-Type": "application/json", "Retry-After": "1"}
+def _retry_bullet_members() -> list[E]:
+    """errors.md section 2: the rows that carry RetryInfo and Retry-After."""
+    bullet = _bullet(_section(2), "carry RetryInfo")
+    names = re.match(r"- (\w+) and (\w+) carry RetryInfo", bullet)
+    assert names, bullet
+    variants = {variant: member for variant, member, _code, _note in _section2_rows()}
+    return [variants.get(name) or _one(name) for name in (names[1], names[2])]
+
+
+def test_retry_bullet_says_whole_seconds_rounded_up() -> None:
+    bullet = _bullet(_section(2), "carry RetryInfo")
+    assert "whole seconds, rounded up" in bullet
+    assert "`retryDelay` is rounded up to whole seconds" in bullet
+    assert _retry_bullet_members() == [E.SESSION_RATE_LIMITED, E.OVERLOADED]
+
+
+@pytest.mark.parametrize("member", [E.SESSION_RATE_LIMITED, E.OVERLOADED], ids=_name)
+def test_retry_info_and_retry_after(member: E) -> None:
+    err = WardenError(member, {"sessionId": "abc"}, retry_after=1.2)
+    outs = (
+        render_aip193(err, domain=DOMAIN),
+        render_jsonrpc(err, 1, domain=DOMAIN),
+        render_jsonrpc(err, 1, domain=DOMAIN, notification=True),
+    )
+    for out in outs:
+        assert dict(out.headers) == {"Content-Type": "application/json", "Retry-After": "2"}
     details = json.loads(render_aip193(err, domain=DOMAIN).body)["error"]["details"]
     assert details == [
-        _expected_info(E.SESSION_RATE_LIMITED, DOMAIN, {"sessionId": "abc"}),
-        {"@type": RETRY_INFO_TYPE, "retryDelay": "0.200s"},
+        _expected_info(member, DOMAIN, {"sessionId": "abc"}),
+        {"@type": RETRY_INFO_TYPE, "retryDelay": "2s"},
     ]
     data = json.loads(render_jsonrpc(err, 1, domain=DOMAIN).body)["error"]["data"]
     assert data == details
+    assert error_details(err, domain=DOMAIN) == details
+    assert jsonrpc_error_object(err, 1, domain=DOMAIN)["error"]["data"] == details  # type: ignore[index]
+    sse = render_sse_aip193(err, domain=DOMAIN)
+    assert json.loads(sse.split(b"data: ", 1)[1])["error"]["details"] == details
 
 
 @pytest.mark.parametrize(
-    ("seconds", "header", "delay"),
+    ("seconds", "whole"),
     [
-        (0.2, "1", "0.200s"),
-        (12, "12", "12s"),
-        (12.0, "12", "12s"),
-        (0, "0", "0s"),
-        (59.5, "60", "59.500s"),
+        (0.2, 1),
+        (1.2, 2),
+        (1.000001, 2),
+        (12, 12),
+        (12.0, 12),
+        (0, 0),
+        (0.0, 0),
+        (59.5, 60),
+        (59.999, 60),
     ],
 )
-def test_retry_after_rounds_up(seconds: float, header: str, delay: str) -> None:
-    out = render_aip193(WardenError(E.SESSION_RATE_LIMITED, retry_after=seconds), domain=DOMAIN)
-    assert dict(out.headers)["Retry-After"] == header
-    assert json.loads(out.body)["error"]["details"][1]["retryDelay"] == delay
+def test_retry_after_and_retry_delay_round_up(seconds: float, whole: int) -> None:
+    """Whole seconds on both: a fractional retryDelay would let a rate be computed."""
+    err = WardenError(E.SESSION_RATE_LIMITED, retry_after=seconds)
+    for out in (render_aip193(err, domain=DOMAIN), render_jsonrpc(err, 1, domain=DOMAIN)):
+        assert dict(out.headers)["Retry-After"] == str(whole)
+    aip = json.loads(render_aip193(err, domain=DOMAIN).body)["error"]["details"][1]
+    rpc = json.loads(render_jsonrpc(err, 1, domain=DOMAIN).body)["error"]["data"][1]
+    assert aip["retryDelay"] == rpc["retryDelay"] == f"{whole}s"
+    assert error_details(err, domain=DOMAIN)[1]["retryDelay"] == f"{whole}s"
 
 
 @pytest.mark.parametrize(
@@ -472,45 +586,159 @@ def test_retry_delay_rejects(seconds: float) -> None:
         WardenError(E.SESSION_RATE_LIMITED, retry_after=seconds)
 
 
+def test_mcp_session_gone_matches_errors_md() -> None:
+    bullet = _bullet(_section(2), "**MCP session-gone")
+    gone = re.search(r"for (\w+), (\w+) and (\w+) of a 2025-era MCP protocol session", bullet)
+    wire = re.search(r"\*\*HTTP (\d{3})\*\* with a JSON-RPC body of code \*\*(-\d+)\*\*", bullet)
+    assert gone, bullet
+    assert wire, bullet
+    variants = {variant: member for variant, member, _code, _note in _section2_rows()}
+    assert {variants[gone[i]] for i in (1, 2, 3)} == SESSION_GONE
+    assert (int(wire[1]), int(wire[2])) == (404, MCP_SESSION_GONE_CODE)
+    exceptions = _bullet(_section(1), "**decision**: on the JSON-RPC bindings")
+    assert "MCP session-gone for a 2025-era protocol session: 404 (section 2)" in exceptions
+
+
+@pytest.mark.parametrize("notification", [False, True])
 @pytest.mark.parametrize("member", GONE, ids=_name)
-def test_mcp_session_gone(member: E) -> None:
-    err = WardenError(member, {"sessionId": "gone"})
-    out = render_jsonrpc(err, 3, domain=DOMAIN, mcp=True)
+def test_mcp_session_gone(member: E, notification: bool) -> None:
+    err = WardenError(member, {"sessionId": "gone"}, mcp_session=True)
+    assert jsonrpc_code(err) == MCP_SESSION_GONE_CODE
+    out = render_jsonrpc(err, 3, domain=DOMAIN, notification=notification)
     assert out.status == 404
     body = json.loads(out.body)
-    assert body["id"] == 3
+    assert body["id"] == (None if notification else 3)
     assert body["error"]["code"] == MCP_SESSION_GONE_CODE
+    assert body["error"]["message"] == member.value.message
     assert body["error"]["data"][0]["reason"] == member.value.reason
-    sse = render_sse_jsonrpc(err, 3, domain=DOMAIN, mcp=True)
+    sse = render_sse_jsonrpc(err, 3, domain=DOMAIN)
     assert json.loads(sse.split(b"data: ", 1)[1])["error"]["code"] == MCP_SESSION_GONE_CODE
-    # Outside MCP the row's own code and HTTP 200.
-    plain = render_jsonrpc(err, 3, domain=DOMAIN)
-    assert plain.status == 200
-    assert json.loads(plain.body)["error"]["code"] == member.value.jsonrpc_code
+    batch = jsonrpc_error_object(err, 3, domain=DOMAIN)
+    assert batch["error"]["code"] == MCP_SESSION_GONE_CODE  # type: ignore[index]
+    # A minted session or an agent window that is gone: the row's own code, HTTP 200.
+    plain = WardenError(member, {"sessionId": "gone"})
+    assert jsonrpc_code(plain) == member.value.jsonrpc_code
+    if not notification:
+        out = render_jsonrpc(plain, 3, domain=DOMAIN)
+        assert out.status == 200
+        assert json.loads(out.body)["error"]["code"] == member.value.jsonrpc_code
+
+
+@pytest.mark.parametrize("a2a_spec", SPECS)
+@pytest.mark.parametrize("member", list(E), ids=_name)
+def test_mcp_session_changes_only_session_gone(member: E, a2a_spec: str) -> None:
+    """mcp_session=True turns SESSION_NOT_FOUND/EXPIRED/CLOSED into 404 and -32005 on
+    JSON-RPC, and changes nothing else: no other row, and no AIP-193 answer."""
+    meta = {"sessionId": "s"}
+    new, old = WardenError(member, meta, mcp_session=True), WardenError(member, meta)
+    gone = member in SESSION_GONE
+
+    assert render_aip193(new, domain=DOMAIN, a2a_spec=a2a_spec) == render_aip193(
+        old, domain=DOMAIN, a2a_spec=a2a_spec
+    )
+    assert render_sse_aip193(new, domain=DOMAIN, a2a_spec=a2a_spec) == render_sse_aip193(
+        old, domain=DOMAIN, a2a_spec=a2a_spec
+    )
+    assert error_details(new, domain=DOMAIN) == error_details(old, domain=DOMAIN)
+
+    for notification in (False, True):
+        a = render_jsonrpc(new, 5, domain=DOMAIN, a2a_spec=a2a_spec, notification=notification)
+        b = render_jsonrpc(old, 5, domain=DOMAIN, a2a_spec=a2a_spec, notification=notification)
+        assert a.headers == b.headers
+        if not gone:
+            assert a == b
+            continue
+        assert a.status == 404
+        assert b.status == (404 if notification else 200)
+        body_a, body_b = json.loads(a.body), json.loads(b.body)
+        assert (body_a["error"]["code"], body_b["error"]["code"]) == (
+            MCP_SESSION_GONE_CODE,
+            member.value.jsonrpc_code,
+        )
+        body_a["error"]["code"] = body_b["error"]["code"]
+        assert body_a == body_b, "only the code differs"
+    want = MCP_SESSION_GONE_CODE if gone else member.value.jsonrpc_code
+    assert jsonrpc_code(new) == want
+    assert jsonrpc_code(old) == member.value.jsonrpc_code
+    sse = render_sse_jsonrpc(new, 5, domain=DOMAIN, a2a_spec=a2a_spec)
+    assert json.loads(sse.split(b"data: ", 1)[1])["error"]["code"] == want
+    obj = jsonrpc_error_object(new, 5, domain=DOMAIN, a2a_spec=a2a_spec)
+    assert obj["error"]["code"] == want  # type: ignore[index]
 
 
 @pytest.mark.parametrize("member", [e for e in E if e not in SESSION_GONE], ids=_name)
 def test_no_other_mcp_error_uses_404(member: E) -> None:
-    out = render_jsonrpc(WardenError(member), 1, domain=DOMAIN, mcp=True)
-    assert out.status == 200
+    out = render_jsonrpc(WardenError(member, mcp_session=True), 1, domain=DOMAIN)
+    assert out.status != 404
+    assert out.status == (member.value.http_status if member in KEEPS_STATUS else 200)
     assert json.loads(out.body)["error"]["code"] == member.value.jsonrpc_code
 
 
+def test_keeps_status_matches_errors_md() -> None:
+    """errors.md section 1: the exceptions to HTTP 200 on JSON-RPC, each with its status."""
+    exceptions = _bullet(_section(1), "**decision**: on the JSON-RPC bindings")
+    kept = dict(re.findall(r"\b([A-Z][A-Z_]*[A-Z]): (\d{3})\b", exceptions))
+    assert kept == {
+        "UNAUTHENTICATED": "401",
+        "INSUFFICIENT_SCOPE": "403",
+        "ORIGIN_NOT_ALLOWED": "403",
+        "HEADER_MISMATCH": "400",
+    }
+    assert {_one(reason) for reason in kept} == KEEPS_STATUS
+    for reason, status in kept.items():
+        assert _one(reason).value.http_for("1.0.1") == (_one(reason).value.code, int(status))
+    assert not KEEPS_STATUS & SESSION_GONE
+
+
+@pytest.mark.parametrize("mcp_session", [False, True])
+@pytest.mark.parametrize("a2a_spec", SPECS)
+@pytest.mark.parametrize("member", KEPT, ids=_name)
+def test_keeps_status_on_jsonrpc(member: E, a2a_spec: str, mcp_session: bool) -> None:
+    err = WardenError(member, {"method": "tools/call"}, mcp_session=mcp_session)
+    _, http = member.value.http_for(a2a_spec)
+    assert http in (400, 401, 403)
+    out = render_jsonrpc(err, "req-1", domain=DOMAIN, a2a_spec=a2a_spec)
+    assert out.status == http
+    assert out.headers == (("Content-Type", "application/json"),)
+    body = json.loads(out.body)
+    assert body["id"] == "req-1", "a kept status still echoes the id"
+    assert body["error"]["code"] == member.value.jsonrpc_code
+    assert body["error"]["data"] == [_expected_info(member, DOMAIN, {"method": "tools/call"})]
+    assert out.body == _compact(jsonrpc_error_object(err, "req-1", domain=DOMAIN))
+    note = render_jsonrpc(err, "req-1", domain=DOMAIN, a2a_spec=a2a_spec, notification=True)
+    assert note.status == http
+    assert json.loads(note.body)["id"] is None
+    assert render_aip193(err, domain=DOMAIN, a2a_spec=a2a_spec).status == http
+
+
 @pytest.mark.parametrize(
-    ("member", "mcp", "a2a_spec", "status", "code"),
+    "member", [e for e in E if e not in KEEPS_STATUS and e not in SESSION_GONE], ids=_name
+)
+def test_other_denials_are_200_on_jsonrpc(member: E) -> None:
+    for mcp_session in (False, True):
+        err = WardenError(member, mcp_session=mcp_session)
+        assert render_jsonrpc(err, 1, domain=DOMAIN).status == 200
+
+
+@pytest.mark.parametrize(
+    ("member", "mcp_session", "a2a_spec", "status", "code"),
     [
-        (E.TOOL_NOT_AUTHORIZED, True, "1.0.1", 403, -32064),
-        (E.SESSION_RATE_LIMITED, True, "1.0.1", 429, -32065),
+        (E.TOOL_NOT_AUTHORIZED, True, "1.0.1", 403, -31064),
+        (E.SESSION_RATE_LIMITED, True, "1.0.1", 429, -31065),
+        (E.OVERLOADED, False, "1.0.1", 429, -31073),
         (E.SESSION_EXPIRED, True, "1.0.1", 404, -32005),
-        (E.SESSION_EXPIRED, False, "1.0.1", 404, -32061),
-        (E.UNAUTHENTICATED, False, "1.0.1", 401, -32068),
+        # Section 1's notification rule: the AIP-193 column, 404 here too (see the report).
+        (E.SESSION_EXPIRED, False, "1.0.1", 404, -31061),
+        (E.UNAUTHENTICATED, False, "1.0.1", 401, -31068),
+        (E.ORIGIN_NOT_ALLOWED, True, "1.0.1", 403, -31071),
+        (E.HEADER_MISMATCH, True, "1.0.1", 400, -32020),
         (E.TASK_NOT_CANCELABLE, False, "1.0.1", 400, -32002),
         (E.TASK_NOT_CANCELABLE, False, "1.0.0", 409, -32002),
     ],
 )
-def test_notification(member: E, mcp: bool, a2a_spec: str, status: int, code: int) -> None:
-    err = WardenError(member)
-    out = render_jsonrpc(err, 99, domain=DOMAIN, a2a_spec=a2a_spec, mcp=mcp, notification=True)
+def test_notification(member: E, mcp_session: bool, a2a_spec: str, status: int, code: int) -> None:
+    err = WardenError(member, mcp_session=mcp_session)
+    out = render_jsonrpc(err, 99, domain=DOMAIN, a2a_spec=a2a_spec, notification=True)
     assert out.status == status
     body = json.loads(out.body)
     assert body["id"] is None
@@ -574,6 +802,7 @@ def test_upstream_error_override() -> None:
         E.UPSTREAM_ERROR,
         message="  Method Not Allowed\n\tat line 3 " + "x" * 500,
         status_override=code_for_upstream_status(405),
+        mcp_session=True,
     )
     assert err.message is not None
     assert len(err.message) == 200
@@ -582,7 +811,7 @@ def test_upstream_error_override() -> None:
     assert aip.status == 405
     error = json.loads(aip.body)["error"]
     assert (error["code"], error["status"], error["message"]) == (405, "UNIMPLEMENTED", err.message)
-    rpc = render_jsonrpc(err, 1, domain=DOMAIN, mcp=True)
+    rpc = render_jsonrpc(err, 1, domain=DOMAIN)
     assert rpc.status == 200
     assert json.loads(rpc.body)["error"]["code"] == -32603
     assert json.loads(rpc.body)["error"]["message"] == err.message

@@ -6,8 +6,11 @@ import gc
 import tracemalloc
 import uuid
 
+import pytest
+
 from proxy.errors import E
-from proxy.sessions.base import Call, Limits
+from proxy.sessions import memory
+from proxy.sessions.base import Call, Kind, Limits
 from proxy.sessions.memory import MemoryStore
 from tests.unit.store_contract import T0, open_session, session_reason
 
@@ -187,3 +190,58 @@ async def test_sweep_of_100k_sessions() -> None:
     assert len(store._ended) == sessions
     assert await store.sweep(T0 + 10 + 3600) == 0
     assert len(store._ended) == 0
+
+
+async def test_a_window_holds_nothing_of_the_cap_and_goes_when_it_ends() -> None:
+    store = MemoryStore()
+    limits = Limits(idle_timeout=30.0)
+    window = await store.window("alice", "mcp", limits, T0)
+    assert store._agents == {}
+    assert store._windows["alice"].id == window
+    assert await store.sweep(T0 + 30) == 1
+    assert store._windows == {}
+    assert store._live == {}
+    assert window in store._ended
+    again = await store.window("alice", "mcp", limits, T0 + 31)
+    assert await store.close(again, T0 + 32)
+    assert (store._windows, store._agents, store._live) == ({}, {}, {})
+
+
+async def test_a_session_bound_as_a_window_is_outside_the_cap_too() -> None:
+    store = MemoryStore()
+    limits = Limits(max_per_agent=1)
+    token = await store.reserve("alice", limits, T0)
+    assert isinstance(token, str)
+    await store.bind(token, "w", "alice", "mcp", limits, T0, kind=Kind.WINDOW)
+    assert store._agents == {}
+    assert isinstance(await store.reserve("alice", limits, T0), str)
+    assert await store.close("w", T0)
+    assert await session_reason(store, "w", now=T0) is E.SESSION_CLOSED
+
+
+async def test_states_are_bounded_oldest_first_and_swept_when_lapsed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(memory, "STATES", 3)
+    store = MemoryStore()
+    for i in range(5):
+        await store.remember_state("s1", f"d{i}", T0 + i)
+    assert len(store._states) == 3
+    assert not await store.take_state("s1", "d0", T0 + 5)
+    assert not await store.take_state("s1", "d1", T0 + 5)
+    await store.remember_state("s1", "d2", T0 + 10)  # again: the newest now
+    await store.sweep(T0 + 3603)
+    assert list(store._states) == [("s1", "d4"), ("s1", "d2")]
+    await store.sweep(T0 + 3610)
+    assert store._states == {}
+
+
+async def test_sweep_of_many_windows() -> None:
+    store = MemoryStore()
+    limits = Limits(ttl=10.0)
+    for i in range(20_000):
+        await store.window(f"agent-{i}", "mcp", limits, T0)
+    assert len(store._windows) == len(store._live) == 20_000
+    assert len(store._heap) == 20_000
+    assert await store.sweep(T0 + 10) == 20_000
+    assert (store._windows, store._live, store._heap) == ({}, {}, [])

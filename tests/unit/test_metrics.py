@@ -285,6 +285,7 @@ def test_the_proxys_instruments_render_as_strict_exposition() -> None:
         "admin": 1,
         "delete": 0,
         "expired": 0,
+        "stream_end": 0,
     }
 
 
@@ -716,5 +717,5 @@ def test_outcome_and_cause_values_are_the_documented_ones() -> None:
         "upstream_error",
         "invalid",
     ]
-    assert [c.value for c in CloseCause] == ["delete", "admin", "expired"]
+    assert [c.value for c in CloseCause] == ["delete", "admin", "expired", "stream_end"]
     assert [r.value for r in ReloadResult] == ["success", "failure"]

@@ -48,7 +48,7 @@ LEGACY_ERRORS: dict[int, type[BaseModel]] = {
     and "code" in cls.model_fields
     and cls.model_fields["code"].default in A2A_BY_JSONRPC_CODE
 }
-OTHER_CODES = [-32700, -32600, -32601, -32602, -32603, -32000, -32010, -32060, -32099, 0, 42]
+OTHER_CODES = [-32700, -32600, -32601, -32602, -32603, -32000, -32010, -31060, -32099, 0, 42]
 
 
 def info(reason: str, domain: str = A2A_DOMAIN) -> dict[str, Any]:
@@ -305,7 +305,7 @@ def test_a2a_codes_on_rest(code: int) -> None:
     assert rest_reason_for_jsonrpc_code(code) is A2A_BY_JSONRPC_CODE[code]
 
 
-@pytest.mark.parametrize("code", [-32000, -32010, -32005 - 100, -32060, -32099, 0, 1])
+@pytest.mark.parametrize("code", [-32000, -32010, -32005 - 100, -31060, -32099, 0, 1])
 def test_other_codes_on_rest_are_none(code: int) -> None:
     assert rest_reason_for_jsonrpc_code(code) is None
 

@@ -11,22 +11,32 @@ from proxy.policy import (
     DEFAULT_POLICY,
     Budget,
     GlobSet,
+    Origins,
     PolicyError,
     PolicyFile,
     Problem,
+    RateLimit,
     Rules,
     SessionRules,
     check_files,
     load_policy,
     parse_policy,
 )
+from proxy.policy.decide import limits_for
 from proxy.policy.load import parse_duration
+from proxy.sessions.base import UNLIMITED, Limits
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data" / "policies"
 EXAMPLES = sorted((ROOT / "policies").glob("*.yaml"))
 GOLDEN = sorted(DATA.glob("*.expected"))
 GOOD = sorted(p for p in DATA.glob("*.yaml") if not p.with_suffix(".expected").exists())
+
+
+NOT_AN_ORIGIN = (
+    "expected scheme://host[:port] with scheme http or https "
+    "(like https://app.example.com or http://localhost:3000), or '*'"
+)
 
 
 def problems(text: str) -> list[str]:
@@ -48,20 +58,23 @@ def test_good_files_load(path: Path) -> None:
     assert check_files([str(path)]) == []
 
 
-def test_contract_example_is_the_default_plus_billing() -> None:
+def test_contract_example_is_its_defaults_plus_billing() -> None:
     loaded = load_policy(DATA / "contract.yaml")
-    assert loaded.defaults == DEFAULT_POLICY.defaults
+    example = SessionRules(ttl=3600, idle_timeout=900, max_per_agent=10, require="any")
+    assert loaded.defaults == Rules(
+        session=example, budget=Budget(calls=1000), rate_limit=RateLimit(per_minute=600)
+    )
     assert loaded.identity == DEFAULT_POLICY.identity
     assert loaded.errors == DEFAULT_POLICY.errors
+    assert loaded.origins == Origins() == DEFAULT_POLICY.origins
     [billing] = loaded.policies
     assert billing.name == "billing"
     assert billing.rules == Rules(
-        session=SessionRules(max_per_agent=3),
+        session=SessionRules(ttl=3600, idle_timeout=900, max_per_agent=3),
         budget=Budget(calls=50, tools={"refund_payment": 2}),
-        rate_limit=billing.rules.rate_limit,
+        rate_limit=RateLimit(per_minute=30),
         tools=GlobSet(allow=("lookup_*", "refund_payment"), deny=("*_admin",)),
     )
-    assert billing.rules.rate_limit.per_minute == 30
 
 
 @pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n", "---\n", "~\n"])
@@ -86,12 +99,145 @@ def test_built_in_default_values() -> None:
     )
     r = d.defaults
     assert r.mode == "enforce"
-    assert (r.session.ttl, r.session.idle_timeout, r.session.max_per_agent) == (3600, 900, 10)
-    assert (r.budget.calls, dict(r.budget.tools), r.rate_limit.per_minute) == (1000, {}, 600)
+    # Transparent: sessions expire (24h, 1h idle) but nothing is capped, budgeted or limited.
+    assert (r.session.ttl, r.session.idle_timeout) == (86400, 3600)
+    assert (r.session.max_per_agent, r.session.require) == (None, "any")
+    assert (r.budget.calls, dict(r.budget.tools), r.rate_limit.per_minute) == (None, {}, None)
     assert r.tools.allows("anything")
     assert r.methods.allows("tools/call")
+    assert d.origins.allow == ()
     assert d.policies == ()
     assert d.resolve("whoever") == ("default", r)
+
+
+def test_built_in_default_limits_are_the_stores_unlimited() -> None:
+    limits = limits_for(DEFAULT_POLICY.defaults)
+    assert limits == Limits(
+        ttl=86400, idle_timeout=3600, max_per_agent=UNLIMITED, calls=UNLIMITED, per_minute=UNLIMITED
+    )
+    assert limits == Limits()
+    assert limits_for(DEFAULT_POLICY.defaults) is limits  # cached
+
+
+def test_unset_limits_are_none_explicit_limits_are_ints() -> None:
+    loaded = policy(
+        """
+        version: 1
+        defaults:
+          session: {ttl: 1h}
+          budget: {tools: {refund: 2}}
+        policies:
+          - name: capped
+            match: {agents: ["c-*"]}
+            session: {max_per_agent: 1}
+            budget: {calls: 1}
+            rate_limit: {per_minute: 1}
+          - name: open
+            match: {agents: ["*"]}
+        """
+    )
+    d = loaded.defaults
+    assert (d.session.max_per_agent, d.budget.calls, d.rate_limit.per_minute) == (None, None, None)
+    assert (d.session.ttl, d.session.idle_timeout) == (3600.0, 3600.0)
+    capped, unlimited = (p.rules for p in loaded.policies)
+    assert (capped.session.max_per_agent, capped.budget.calls, capped.rate_limit.per_minute) == (
+        1,
+        1,
+        1,
+    )
+    assert all(
+        type(v) is int
+        for v in (capped.session.max_per_agent, capped.budget.calls, capped.rate_limit.per_minute)
+    )
+    assert capped.budget.tools == {"refund": 2}
+    assert unlimited == d
+    assert limits_for(capped) == Limits(
+        ttl=3600, max_per_agent=1, calls=1, tool_calls={"refund": 2}, per_minute=1
+    )
+    assert limits_for(unlimited) == Limits(ttl=3600, tool_calls={"refund": 2})
+
+
+def test_session_require() -> None:
+    loaded = policy(
+        """
+        version: 1
+        defaults:
+          session: {require: minted}
+        policies:
+          - name: inherits
+            match: {agents: ["i-*"]}
+            session: {max_per_agent: 2}
+          - name: relaxed
+            match: {agents: ["r-*"]}
+            session: {require: any}
+        """
+    )
+    assert loaded.defaults.session.require == "minted"
+    inherits, relaxed = (p.rules.session for p in loaded.policies)
+    assert (inherits.require, inherits.max_per_agent) == ("minted", 2)
+    assert relaxed.require == "any"
+    assert policy("version: 1\n").defaults.session.require == "any"
+
+
+@pytest.mark.parametrize(
+    ("yaml_value", "allow"),
+    [
+        ("[]", ()),
+        ("", ()),  # null: not set
+        ('["*"]', ("*",)),
+        (
+            '["https://app.example.com", "http://localhost:3000", "HTTPS://Console.Example.COM:8443"]',
+            (
+                "https://app.example.com",
+                "http://localhost:3000",
+                "HTTPS://Console.Example.COM:8443",
+            ),
+        ),
+        (
+            '["http://127.0.0.1:8080", "http://[::1]:3000"]',
+            ("http://127.0.0.1:8080", "http://[::1]:3000"),
+        ),
+    ],
+)
+def test_origins_valid(yaml_value: str, allow: tuple[str, ...]) -> None:
+    loaded = policy(f"version: 1\norigins:\n  allow: {yaml_value}\n")
+    assert loaded.origins == Origins(allow=allow)
+
+
+@pytest.mark.parametrize(
+    ("allow", "origin", "allowed"),
+    [
+        ((), "https://app.example.com", False),
+        (("https://app.example.com",), "https://app.example.com", True),
+        (("https://app.example.com",), "https://APP.example.com", True),
+        (("HTTPS://App.Example.com",), "https://app.example.com", True),
+        (("https://app.example.com",), "https://app.example.com:443", True),
+        (("https://app.example.com:443",), "https://app.example.com", True),
+        (("http://app.example.com:80",), "http://app.example.com", True),
+        (("https://app.example.com",), "http://app.example.com", False),  # scheme matters
+        (("https://app.example.com",), "https://app.example.com:8443", False),
+        (("http://app.example.com",), "http://app.example.com:443", False),  # not http's default
+        (("http://localhost:3000",), "http://localhost:3000", True),
+        (("http://localhost:3000",), "http://localhost:3001", False),
+        (("http://localhost:3000",), "http://localhost", False),
+        (("https://app.example.com",), "https://evil.app.example.com", False),
+        (("https://app.example.com",), "https://app.example.com.evil.com", False),
+        (("https://app.example.com",), "null", False),
+        (("https://app.example.com",), "https://app.example.com/path", False),
+        (("https://app.example.com",), "", False),
+        (("http://[::1]:3000",), "http://[::1]:3000", True),
+        (("*",), "https://anything.example", True),
+        (("*",), "null", True),
+        (("https://a.example", "*"), "http://b.example", True),
+    ],
+)
+def test_origins_allows(allow: tuple[str, ...], origin: str, allowed: bool) -> None:
+    assert Origins(allow=allow).allows(origin) is allowed
+
+
+def test_origins_model_refuses_a_non_origin() -> None:
+    with pytest.raises(ValueError, match="not an origin"):
+        Origins(allow=("https://app.example.com/",))
 
 
 def test_nulls_mean_not_set() -> None:
@@ -166,7 +312,7 @@ def test_bad_files_report_every_problem(expected: Path, monkeypatch: pytest.Monk
             "version: 1\nrules: {}\n",
             [
                 "p.yaml:2: rules: unknown key; expected one of: "
-                "version, identity, errors, store_failure, defaults, policies"
+                "version, identity, errors, origins, store_failure, defaults, policies"
             ],
         ),
         (
@@ -222,6 +368,89 @@ def test_bad_files_report_every_problem(expected: Path, monkeypatch: pytest.Monk
         (
             "version: 1\ndefaults:\n  mode: audit-only\n",
             ["p.yaml:3: defaults.mode: expected one of 'enforce', 'audit', got 'audit-only'"],
+        ),
+        (
+            "version: 1\ndefaults:\n  session:\n    require: minted-only\n",
+            [
+                "p.yaml:4: defaults.session.require: expected one of 'any', 'minted', "
+                "got 'minted-only'"
+            ],
+        ),
+        (
+            "version: 1\ndefaults:\n  session:\n    require: true\n",
+            [
+                "p.yaml:4: defaults.session.require: expected one of 'any', 'minted', "
+                "got a boolean 'true'"
+            ],
+        ),
+        (
+            "version: 1\npolicies:\n  - name: a\n    match: {agents: [a]}\n    require: minted\n",
+            ["p.yaml:5: policies[0].require: unknown key, did you mean 'session.require'?"],
+        ),
+        (
+            "version: 1\ndefaults:\n  session:\n    max_per_agent:\n",
+            ["p.yaml:4: defaults.session.max_per_agent: expected an integer, got null"],
+        ),
+        (
+            "version: 1\ndefaults:\n  session:\n    max_per_agent: 0\n",
+            ["p.yaml:4: defaults.session.max_per_agent: must be at least 1, got 0"],
+        ),
+        (
+            "version: 1\ndefaults:\n  rate_limit:\n    per_minute: 1.5\n",
+            ["p.yaml:4: defaults.rate_limit.per_minute: expected an integer, got a float '1.5'"],
+        ),
+        (
+            "version: 1\norigins:\n  allow:\n    - https://app.example.com/\n",
+            [
+                "p.yaml:4: origins.allow[0]: invalid origin 'https://app.example.com/': "
+                "an origin has no path; write 'https://app.example.com'"
+            ],
+        ),
+        (
+            "version: 1\norigins:\n  allow:\n    - http://localhost:3000/app?x=1\n",
+            [
+                "p.yaml:4: origins.allow[0]: invalid origin 'http://localhost:3000/app?x=1': "
+                "an origin has no path; write 'http://localhost:3000'"
+            ],
+        ),
+        (
+            "version: 1\norigins:\n  allow:\n    - ftp://files.example.com\n",
+            [
+                "p.yaml:4: origins.allow[0]: invalid origin 'ftp://files.example.com': "
+                "the scheme must be http or https"
+            ],
+        ),
+        (
+            "version: 1\norigins:\n  allow: [app.example.com, 'https://*.example.com', "
+            "'http://a:99999', 'null', '', 7]\n",
+            [
+                f"p.yaml:3: origins.allow[0]: invalid origin 'app.example.com'; {NOT_AN_ORIGIN}",
+                "p.yaml:3: origins.allow[1]: invalid origin 'https://*.example.com': "
+                "no wildcards in an origin; '*' alone allows every origin",
+                f"p.yaml:3: origins.allow[2]: invalid origin 'http://a:99999'; {NOT_AN_ORIGIN}",
+                f"p.yaml:3: origins.allow[3]: invalid origin 'null'; {NOT_AN_ORIGIN}",
+                f"p.yaml:3: origins.allow[4]: invalid origin ''; {NOT_AN_ORIGIN}",
+                "p.yaml:3: origins.allow[5]: expected an origin string, got an integer '7'",
+            ],
+        ),
+        (
+            "version: 1\norigins:\n  allow: https://app.example.com\n",
+            ["p.yaml:3: origins.allow: expected a list, got a string 'https://app.example.com'"],
+        ),
+        (
+            "version: 1\norigins: [https://app.example.com]\n",
+            ["p.yaml:2: origins: expected a mapping, got a list"],
+        ),
+        (
+            "version: 1\norigins:\n  allowed: []\n",
+            ["p.yaml:3: origins.allowed: unknown key, did you mean 'allow'?"],
+        ),
+        (
+            "version: 1\npolicies:\n  - name: a\n    match: {agents: [a]}\n    origins: {}\n",
+            [
+                "p.yaml:5: policies[0].origins: unknown key; expected one of: "
+                "name, match, mode, session, budget, rate_limit, tools, methods"
+            ],
         ),
         (
             "version: 1\nerrors:\n  a2a_spec: 1.0.2\n",
@@ -422,7 +651,7 @@ def test_unset_fields_inherit_defaults_leaf_by_leaf() -> None:
     loaded = policy(LAYERED)
     narrow = loaded.policies[0].rules
     assert narrow.mode == "audit"
-    assert narrow.session == SessionRules(ttl=7200, idle_timeout=900, max_per_agent=1)
+    assert narrow.session == SessionRules(ttl=7200, idle_timeout=3600, max_per_agent=1)
     assert narrow.budget == loaded.defaults.budget
     assert narrow.tools is loaded.defaults.tools
 
@@ -485,3 +714,14 @@ def test_model_values_are_frozen_and_hashable() -> None:
         rules.budget.tools["refund"] = 9  # type: ignore[index]
     assert hash(rules) == hash(policy(LAYERED).policies[1].rules)
     assert hash(DEFAULT_POLICY) == hash(PolicyFile())
+
+
+def test_origins_file() -> None:
+    loaded = load_policy(DATA / "origins.yaml")
+    assert loaded.origins.allows("https://console.example.com")
+    assert loaded.origins.allows("http://[::1]:5173")
+    assert not loaded.origins.allows("http://localhost:5173")
+    assert loaded.defaults.session.require == "minted"
+    [browser] = loaded.policies
+    assert browser.rules.session == SessionRules(require="any", max_per_agent=2)
+    assert hash(loaded) == hash(load_policy(DATA / "origins.yaml"))

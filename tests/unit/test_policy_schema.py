@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from proxy.policy import DEFAULT_POLICY, PolicyError, parse_policy
-from proxy.policy.load import DOMAIN_RE, DURATION_RE, HEADER_RE, key_paths
+from proxy.policy.load import DOMAIN_RE, DURATION_RE, HEADER_RE, ORIGIN_RE, key_paths
 
 jsonschema = pytest.importorskip("jsonschema")
 
@@ -110,9 +110,29 @@ def test_schema_defaults_are_the_built_in_defaults() -> None:
         return out
 
     document = {"version": 1, **defaults_of(SCHEMA)}
-    assert set(document) == {"version", "identity", "errors", "store_failure", "defaults"}
+    assert set(document) == {
+        "version",
+        "identity",
+        "errors",
+        "origins",
+        "store_failure",
+        "defaults",
+    }
     assert schema_errors(document) == []
     assert parse_policy(yaml.safe_dump(document), "d.yaml") == DEFAULT_POLICY
+
+
+def test_schema_gives_no_default_for_limits() -> None:
+    """Unset limits are no limits: the schema may not suggest a number for them."""
+    defs = SCHEMA["$defs"]
+    for section, key in [
+        ("session", "max_per_agent"),
+        ("budget", "calls"),
+        ("rate_limit", "per_minute"),
+    ]:
+        node = defs[section]["properties"][key]
+        assert "default" not in node
+        assert "Unset: no limit." in node["description"]
 
 
 @pytest.mark.parametrize(
@@ -133,6 +153,16 @@ def test_schema_defaults_are_the_built_in_defaults() -> None:
         "version: 1\ndefaults: {session: {ttl: 15x}}",
         "version: 1\ndefaults: {session: {ttl: '90'}}",
         "version: 1\ndefaults: {session: {max_per_agent: true}}",
+        "version: 1\ndefaults: {session: {max_per_agent: null}}",
+        "version: 1\ndefaults: {session: {require: minted-only}}",
+        "version: 1\ndefaults: {session: {require: true}}",
+        "version: 1\ndefaults: {require: minted}",
+        "version: 1\norigins: [https://a.example]",
+        "version: 1\norigins: {allow: https://a.example}",
+        "version: 1\norigins: {allowed: []}",
+        "version: 1\norigins: {allow: [7]}",
+        "version: 1\norigins: {allow: ['https://a.example/']}",
+        "version: 1\npolicies: [{name: a, match: {agents: [a]}, origins: {allow: []}}]",
         "version: 1\ndefaults: {budget: {calls: 0}}",
         "version: 1\ndefaults: {budget: {tools: {a: -1}}}",
         "version: 1\ndefaults: {budget: {tools: {'': 1}}}",
@@ -181,14 +211,54 @@ def test_duration_pattern_agrees_with_loader(value: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "value",
+    [
+        "*",
+        "https://app.example.com",
+        "http://localhost:3000",
+        "HTTPS://App.Example.COM:443",
+        "http://127.0.0.1:8080",
+        "http://[::1]:3000",
+        "http://a:1",
+        "http://a:65535",
+        "http://a:65536",
+        "http://a:0",
+        "http://a:080",
+        "http://a:",
+        "https://app.example.com/",
+        "https://app.example.com/path",
+        "https://app.example.com?q",
+        "https://app.example.com#f",
+        "https://user@app.example.com",
+        "https://*.example.com",
+        "ftp://files.example.com",
+        "app.example.com",
+        "//app.example.com",
+        "https://",
+        "https://-a.example",
+        "https://a..example",
+        "https://a.example.",
+        "https://app example.com",
+        "null",
+        "**",
+        "",
+    ],
+)
+def test_origin_pattern_agrees_with_loader(value: str) -> None:
+    document = {"version": 1, "origins": {"allow": [value]}}
+    assert (schema_errors(document) == []) == loader_accepts(yaml.safe_dump(document))
+
+
+@pytest.mark.parametrize(
     ("schema_path", "loader_re"),
     [
         (("properties", "identity", "properties", "header"), HEADER_RE),
         (("properties", "errors", "properties", "domain"), DOMAIN_RE),
+        (("properties", "origins", "properties", "allow", "items", "anyOf", 1), ORIGIN_RE),
     ],
 )
 def test_schema_patterns_are_the_loader_patterns(
-    schema_path: tuple[str, ...], loader_re: re.Pattern[str]
+    schema_path: tuple[str | int, ...], loader_re: re.Pattern[str]
 ) -> None:
     node: Any = SCHEMA
     for part in schema_path:

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
 
 from proxy.errors import E
-from proxy.sessions.base import Call, Denial, Limits, SessionStore, StoreUnavailable
+from proxy.sessions.base import Call, Denial, Kind, Limits, SessionStore, StoreUnavailable
 from proxy.sessions.redis import DEFAULT_PREFIX, RedisStore
 from tests.redis_server import RedisServer
 from tests.unit.store_contract import T0, open_session, session_reason, verdicts
@@ -212,7 +212,7 @@ async def test_every_key_expires_after_every_operation(
     make_store: MakeStore, inspect: aioredis.Redis, prefix: str
 ) -> None:
     store = make_store()
-    limits = Limits(tool_calls={"refund": 2})
+    limits = Limits(ttl=3600.0, idle_timeout=900.0, tool_calls={"refund": 2})
     now = time.time()
     token = await store.reserve("alice", limits, now)
     assert isinstance(token, str)
@@ -241,6 +241,96 @@ async def test_every_key_expires_after_every_operation(
     assert found["s:s1"] == pytest.approx(hour, abs=1_000)  # a tombstone for an hour
     assert await store.sweep(now + 200) == 0
     await assert_all_expire(inspect, prefix)
+
+
+async def test_window_keys_expire_and_stay_out_of_the_cap(
+    make_store: MakeStore, inspect: aioredis.Redis, prefix: str
+) -> None:
+    store = make_store()
+    limits = Limits(ttl=3600.0, idle_timeout=900.0, max_per_agent=1)
+    now = time.time()
+    window = await store.window("alice", "mcp", limits, now)
+    assert window.startswith("aww-")
+    found = await assert_all_expire(inspect, prefix)
+    assert set(found) == {f"s:{window}", "w:alice", "live"}  # no a:alice: outside the cap
+    idle, hour = 900_000, 3_600_000
+    assert found[f"s:{window}"] == pytest.approx(idle + hour, abs=1_000)
+    assert found["w:alice"] == pytest.approx(found[f"s:{window}"], abs=100)
+    assert await inspect.get(f"{prefix}w:alice") == window
+    assert await inspect.hget(f"{prefix}s:{window}", "kind") == "window"
+    await store.check(window, "alice", [CALL], limits, now + 300)
+    found = await assert_all_expire(inspect, prefix)
+    assert "a:alice" not in found
+    assert found["w:alice"] == pytest.approx(idle + hour, abs=1_000)  # moved with use
+    assert found["w:alice"] == pytest.approx(found[f"s:{window}"], abs=100)
+    await open_session(store, "s1", limits=limits, now=now)  # the only place of the cap
+    found = await assert_all_expire(inspect, prefix)
+    assert await inspect.zrange(f"{prefix}a:alice", 0, -1) == ["s:s1"]
+    assert await store.close(window, now + 301)
+    found = await assert_all_expire(inspect, prefix)
+    assert "w:alice" not in found  # an ended window is no longer the agent's
+    assert found[f"s:{window}"] == pytest.approx(hour, abs=1_000)
+    await store.remember_state("s1", "digest", now)
+    found = await assert_all_expire(inspect, prefix)
+    assert found["q:2:s1:digest"] == pytest.approx(hour, abs=1_000)
+    assert await store.take_state("s1", "digest", now)
+    assert "q:2:s1:digest" not in await lifetimes(inspect, prefix)
+
+
+async def test_unswept_windows_expire_by_themselves(
+    make_store: MakeStore, inspect: aioredis.Redis, prefix: str
+) -> None:
+    """A window and its agent's window key go at deadline plus tombstone, unswept."""
+    store = make_store(tombstone_ttl=0.2)
+    now = time.time()
+    short = Limits(ttl=0.2, idle_timeout=0.2)
+    await store.window("alice", "mcp", short, now)
+    await store.window("bob", "a2a", short, now)
+    await assert_all_expire(inspect, prefix)
+    await asyncio.sleep(0.4)
+    await wait_until_gone(inspect, prefix)
+    assert await store.live_count(now + 0.2) == 0
+
+
+async def test_kind_and_grant_are_kept_in_the_hash(
+    make_store: MakeStore, inspect: aioredis.Redis, prefix: str
+) -> None:
+    store = make_store()
+    token = await store.reserve("alice", Limits(), T0)
+    assert isinstance(token, str)
+    await store.bind(token, "m1", "alice", "mcp", Limits(), T0, kind=Kind.MINTED, grant="{}")
+    await open_session(store, "p1")
+    assert await inspect.hmget(f"{prefix}s:m1", ["kind", "grant"]) == ["minted", "{}"]
+    assert await inspect.hmget(f"{prefix}s:p1", ["kind", "grant"]) == ["protocol", None]
+    await inspect.hdel(f"{prefix}s:p1", "kind")  # a hash written before kinds existed
+    info = await store.get("p1")
+    assert info is not None
+    assert info.kind is Kind.PROTOCOL
+
+
+async def test_unlimited_numbers_are_exact_in_the_hash(
+    make_store: MakeStore, inspect: aioredis.Redis, prefix: str
+) -> None:
+    store = make_store()
+    await open_session(store, limits=Limits(), counted=1)
+    assert await inspect.hget(f"{prefix}s:s1", "tokens") == str(2**53 - 1)
+    assert await verdicts(store, [CALL] * 10, Limits()) == [None] * 10
+    assert await inspect.hget(f"{prefix}s:s1", "tokens") == str(2**53 - 1)  # no bucket kept
+    assert await inspect.hget(f"{prefix}s:s1", "used") == "11"
+
+
+async def test_two_replicas_share_one_window(make_store: MakeStore) -> None:
+    one, two = make_store(), make_store()
+    limits = Limits(calls=10)
+    ids = await asyncio.gather(
+        *((one, two)[i % 2].window("alice", "mcp", limits, T0) for i in range(40))
+    )
+    assert len(set(ids)) == 1
+    outcomes = await asyncio.gather(
+        *((one, two)[i % 2].check(ids[0], "alice", [CALL], limits, T0) for i in range(40))
+    )
+    assert sum(o.allowed for o in outcomes) == 10
+    assert await one.live_count(T0) == await two.live_count(T0) == 1
 
 
 async def test_keys_return_to_zero_after_sweeps_and_expiry(
@@ -341,6 +431,9 @@ async def _every_method(store: SessionStore, token: str) -> dict[str, Awaitable[
         "sessions": store.sessions(T0),
         "live_count": store.live_count(T0),
         "sweep": store.sweep(T0),
+        "window": store.window("alice", "mcp", limits, T0),
+        "remember_state": store.remember_state("s1", "digest", T0),
+        "take_state": store.take_state("s1", "digest", T0),
     }
 
 

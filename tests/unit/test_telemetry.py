@@ -366,6 +366,7 @@ async def test_tool_call_has_a_server_span_and_a_client_span_under_it(
         "agent_warden.agent.id": agent,
         "agent_warden.policy": DEFAULT_POLICY_NAME,
         "agent_warden.decision": "allow",
+        "agent_warden.session.kind": "protocol",
     }
     assert server.status.status_code is StatusCode.UNSET
 
@@ -471,8 +472,8 @@ async def test_a_denied_tool_has_the_decision_and_reason_and_no_client_span(
     assert got["agent_warden.decision"] == "deny"
     assert got["agent_warden.reason"] == "TOOL_NOT_AUTHORIZED"
     assert got["gen_ai.tool.name"] == "delete_admin"
-    assert got["rpc.response.status_code"] == "-32064"
-    assert got["error.type"] == "-32064"
+    assert got["rpc.response.status_code"] == "-31064"
+    assert got["error.type"] == "-31064"
     assert got["http.response.status_code"] == 200
     assert server.status.status_code is StatusCode.UNSET  # a 200: not a server error
     assert upstream_seen(mcp_upstream_seen, mcp.marker, trace_id) == []
