@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install system-deps test lint typecheck demo bench clean
+.PHONY: install system-deps test lint typecheck demo bench conformance clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ bench: $(STAMP) system-deps
 	sh bench/install.sh
 	$(BIN)/python bench/bench.py
 	$(BIN)/python bench/store.py
+	$(BIN)/python bench/conformance/run.py
+
+# The official MCP conformance suite, direct and through the proxy (needs npm; a report).
+conformance: $(STAMP)
+	$(BIN)/python bench/conformance/run.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

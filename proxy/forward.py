@@ -7,6 +7,7 @@ import json
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -98,6 +99,12 @@ _REQUEST_DROP = HOP_BY_HOP | {
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 # Kept when an upstream error body is rewritten: they still mean something to the client.
 _KEPT_ON_REWRITE = ("Retry-After", "WWW-Authenticate", "Allow", SESSION_HEADER)
+_OWED_LISTS_PER_SESSION = 64
+_OWED_LISTS_SESSIONS = 4096
+_ACAO = hdrs.ACCESS_CONTROL_ALLOW_ORIGIN
+# MCP 2024-11-05: refusals about the sender, not the session, answer the POST itself (another
+# agent must never write into a session's stream).
+_SENDER_ERRORS = frozenset({E.AGENT_MISMATCH, E.ORIGIN_NOT_ALLOWED, E.UNAUTHENTICATED})
 _SSE_HEADERS = {"X-Accel-Buffering": "no"}  # nginx and kin in front must not buffer events
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "PUT"})
 _UPSTREAM_MESSAGE_MAX = 200
@@ -175,10 +182,13 @@ class Forwarder:
         self._hint: Protocol = "unknown"  # what earlier requests revealed about the upstream
         self._base = str(settings.upstream).rstrip("/")
         self._base_path = URL(self._base).raw_path.rstrip("/")
+        self._upstream_origin = str(URL(self._base).origin())
         self._public_url = settings.public_url
         # MCP 2024-11-05: message endpoint (path?query) -> its stream; and the bare paths.
         self._legacy: dict[str, _LegacyStream] = {}
         self._legacy_paths: dict[str, int] = {}
+        # MCP 2025 resumption: tools/list ids a closed stream still owes, by session.
+        self._owed_lists: OrderedDict[str, set[jsonrpc.JsonRpcId]] = OrderedDict()
 
     # -- request side -------------------------------------------------------------------
 
@@ -250,7 +260,11 @@ class Forwarder:
             trace.decided(decision_attributes(verdict))
         if isinstance(verdict, Refusal):
             request[_OUTCOME] = RequestOutcome.DENIED
-            if legacy is not None:
+            if (
+                legacy is not None
+                and verdict.admission.agent == legacy.session.agent
+                and verdict.error.spec not in _SENDER_ERRORS
+            ):
                 return await self._answer_on_stream(legacy, info, verdict.error)
             return self._error(info, verdict.error, trace)
         if verdict.decision != "allow":
@@ -464,6 +478,10 @@ class Forwarder:
             headers["X-Forwarded-Host"] = request.host
         # The proxy reads upstream bodies to validate and rewrite them: ask for them plain.
         headers[hdrs.ACCEPT_ENCODING] = "identity"
+        if hdrs.ORIGIN in headers:
+            # The proxy judged the Origin (and rewrote Host): the upstream's own DNS-rebinding
+            # check must see an origin that matches the Host it receives.
+            headers[hdrs.ORIGIN] = self._upstream_origin
         return headers
 
     async def _streamed_request_body(self, request: web.Request, overflow: list[bool]) -> Any:
@@ -558,6 +576,9 @@ class Forwarder:
         status = resp.status
         headers = filter_headers(resp.headers, _RESPONSE_DROP)
         headers.update(extra)
+        origin = request.headers.get(hdrs.ORIGIN)
+        if origin is not None and headers.get(_ACAO) == self._upstream_origin:
+            headers[_ACAO] = origin  # CORS answers the origin the browser sent
         streaming = resp.content_type == "text/event-stream"
         if verdict.denied_errors and 200 <= status < 300:
             return await self._merge_batch(request, info, resp, headers, verdict, streaming)
@@ -853,7 +874,7 @@ class Forwarder:
             and SESSION_HEADER not in request.headers
             else None
         )
-        lists = _tools_list_ids(info) if verdict.filters_tools else None
+        lists = self._lists_to_filter(request, info, verdict)
         resumable = False  # the last event carried an id: a clean close may be resumed
         op = info.a2a_op
         watch = StreamWatch(
@@ -895,6 +916,10 @@ class Forwarder:
             if owes and not interrupted and resumable and info.protocol == "mcp":
                 # MCP resumption: the client resumes with Last-Event-ID, no error of ours.
                 log.info("upstream closed a resumable event stream", extra={"path": request.path})
+                session = request.headers.get(SESSION_HEADER)
+                if lists and session:
+                    # Its tools/list answers may come on the resuming GET: filtered there too.
+                    self._remember_lists(session, lists & set(watch.pending))
             elif owes and (interrupted or not watch.complete):
                 # Ended before its final event: tell the client in the stream's own terms.
                 log.warning(
@@ -911,6 +936,28 @@ class Forwarder:
             if legacy is not None and legacy[0] is not None:
                 await self._end_legacy(legacy[0])
         return out
+
+    def _lists_to_filter(
+        self, request: web.Request, info: Classified, verdict: Admission
+    ) -> set[jsonrpc.JsonRpcId] | None:
+        """The tools/list ids whose answers this stream may carry, when the caller's rules
+        filter tools: the request's own, or (a GET resuming a session) those left owed."""
+        if not verdict.filters_tools:
+            return None
+        if request.method == "GET" and (session := request.headers.get(SESSION_HEADER)):
+            owed = self._owed_lists.get(session)
+            return set(owed) if owed else None
+        return _tools_list_ids(info)
+
+    def _remember_lists(self, session: str, ids: set[jsonrpc.JsonRpcId]) -> None:
+        if not ids:
+            return
+        owed = self._owed_lists.setdefault(session, set())
+        if len(owed) < _OWED_LISTS_PER_SESSION:
+            owed.update(ids)
+        self._owed_lists.move_to_end(session)
+        while len(self._owed_lists) > _OWED_LISTS_SESSIONS:  # bounded: oldest forgotten
+            self._owed_lists.popitem(last=False)
 
     def _interrupted_events(
         self, info: Classified, pending: Iterable[jsonrpc.JsonRpcId] | None

@@ -75,7 +75,10 @@ class Admission:
 
     @property
     def filters_tools(self) -> bool:
-        """Whether tools/list results must be filtered for this caller."""
+        """Whether tools/list results must be filtered for this caller (audit mode decides
+        and records, never hides)."""
+        if self.mode == "audit":
+            return False
         rules = self.tools
         return (rules is not None and (bool(rules.deny) or "*" not in rules.allow)) or (
             self.grant is not None and self.grant.tools is not None

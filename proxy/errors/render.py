@@ -231,11 +231,14 @@ def render_jsonrpc(
     statuses a specification requires (UNAUTHENTICATED 401, ORIGIN_NOT_ALLOWED 403,
     INSUFFICIENT_SCOPE 403, HEADER_MISMATCH 400) and a denied notification (the AIP-193
     column's status, id null)."""
-    if notification:
+    if err.spec in SESSION_GONE:
+        # 404 is the 2025-era MCP re-initialize signal, and means "unknown method" on
+        # 2026-07-28: every other gone session is HTTP 200 (errors.md section 2).
+        status = 404 if err.mcp_session else 200
+        request_id = None if notification else request_id
+    elif notification:
         request_id = None
         _, status = err.http_for(a2a_spec)
-    elif err.mcp_session and err.spec in SESSION_GONE:
-        status = 404
     elif err.spec in KEEPS_STATUS:
         _, status = err.http_for(a2a_spec)
     else:

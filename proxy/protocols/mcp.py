@@ -77,7 +77,7 @@ NOTIFICATION_METHODS: Final = frozenset(
 METHODS: Final = CLIENT_REQUEST_METHODS | SERVER_REQUEST_METHODS | NOTIFICATION_METHODS
 
 # Contract: a counted request has an id and is neither of these.
-UNCOUNTED_METHODS: Final = frozenset({INITIALIZE, PING})
+UNCOUNTED_METHODS: Final = frozenset({INITIALIZE, PING, "server/discover"})
 
 _NOTIFICATION_PREFIX: Final = "notifications/"
 

@@ -427,6 +427,24 @@ async def test_a_request_without_traceparent_starts_a_new_trace(
     assert [hex_parent(c) for c in clients] == [hex_span(server)]
 
 
+async def test_a_stateless_request_takes_its_parent_from_meta_and_names_its_window(
+    traced: StartTraced, http: ClientSession, mcp_stateless_upstream: str
+) -> None:
+    """No traceparent header: MCP's params._meta.traceparent parents the SERVER span; a
+    request without a session is judged in the agent's window (contract, Traces)."""
+    proxy = await traced(mcp_stateless_upstream)
+    mcp = Mcp(http, proxy.url + MCP_PATH, "agent-meta")
+    header, trace_id, parent_id = traceparent()
+    meta = {"traceparent": header, "io.modelcontextprotocol/protocolVersion": "2026-07-28"}
+    await mcp.request("tools/list", {"_meta": meta})
+    [server] = [s for s in proxy.spans(trace_id) if s.kind is SpanKind.SERVER]
+    assert hex_parent(server) == parent_id
+    got = attrs(server)
+    assert got["agent_warden.session.kind"] == "window"
+    assert "mcp.session.id" not in got
+    assert got["mcp.protocol.version"] == LATEST_HANDSHAKE_VERSION  # the header wins
+
+
 async def test_a_plain_http_request_is_named_by_its_http_method(
     traced: StartTraced, http: ClientSession, serve: Serve
 ) -> None:
