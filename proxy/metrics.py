@@ -538,6 +538,13 @@ class Metrics:
                 ("cause",),
             )
         )
+        self.limits_tripped = r.register(
+            Counter(
+                "agent_warden_limits_tripped_total",
+                "Proxy-wide safety limits that refused, cut or closed something, by limit.",
+                ("limit",),
+            )
+        )
         self.policy_reloads = r.register(
             Counter(
                 "agent_warden_policy_reloads_total",

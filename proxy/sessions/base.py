@@ -57,6 +57,7 @@ class LimitKind(enum.Enum):
     CAP = "max_per_agent"
     TTL = "ttl"
     IDLE = "idle_timeout"
+    SESSIONS = "max_sessions"  # the proxy-wide cap on live sessions: OVERLOADED
 
 
 @dataclass(frozen=True, slots=True)
