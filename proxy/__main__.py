@@ -17,6 +17,7 @@ from proxy import __version__, logs
 from proxy.app import Runtime, build_admin_app, build_proxy_app, services
 from proxy.config import ConfigError, Settings, env_name, from_options
 from proxy.inject import cli as inject_cli
+from proxy.listener import GuardedRunner, connection_cap
 from proxy.policy import DEFAULT_POLICY, PolicyError, check_files, load_policy
 from proxy.sessions import open_store
 from proxy.telemetry import Telemetry
@@ -43,6 +44,22 @@ _RUN_FLAGS: tuple[tuple[str, str], ...] = (
     ("--max-connections", "upstream connection pool size (default 1000)"),
     ("--grace-period", "drain time on SIGTERM (default 20s)"),
     ("--log-level", "debug, info, warning or error (default info)"),
+    (
+        "--max-client-connections",
+        "open client connections; the oldest idle one is closed past it (default 4096, "
+        "lowered to fit the open-file limit)",
+    ),
+    ("--keepalive-timeout", "an idle client connection is closed after (default 30s)"),
+    ("--header-timeout", "time from a request's first byte to its whole head (default 10s)"),
+    (
+        "--max-inflight-body-bytes",
+        "request bodies buffered at once, all clients together (default 64MiB)",
+    ),
+    ("--max-batch", "elements of one JSON-RPC batch (default 256)"),
+    ("--max-inflight-per-agent", "one agent's request/response calls in flight (default 64)"),
+    ("--max-streams-per-agent", "one agent's open event streams (default 256)"),
+    ("--max-sessions", "live sessions, all agents together (default 100000)"),
+    ("--max-event-size", "one upstream server-sent event (default 8MiB)"),
 )
 
 
@@ -95,10 +112,15 @@ async def _serve(settings: Settings, runtime: Runtime) -> None:
 
 
 async def _listen(settings: Settings, runtime: Runtime) -> None:
-    proxy_runner = web.AppRunner(
+    proxy_runner = GuardedRunner(
         build_proxy_app(runtime),
+        metrics=runtime.metrics,
+        max_connections=connection_cap(settings.max_client_connections, settings.max_connections),
+        header_timeout=settings.header_timeout,
+        domain=runtime.policy.errors.domain,
         access_log=None,
         shutdown_timeout=settings.grace_period,
+        keepalive_timeout=settings.keepalive_timeout,
         # A client that leaves ends its handler, and so the upstream request or stream.
         handler_cancellation=True,
     )
@@ -149,7 +171,11 @@ def _run(args: argparse.Namespace) -> int:
     settings = from_options(_options(args))
     logs.setup(settings.log_level)
     policy = load_policy(settings.policy) if settings.policy else DEFAULT_POLICY
-    runtime = Runtime(settings=settings, policy=policy, store=open_store(settings.store))
+    runtime = Runtime(
+        settings=settings,
+        policy=policy,
+        store=open_store(settings.store, max_sessions=settings.max_sessions),
+    )
     runtime.telemetry = Telemetry.from_env(runtime.metrics)
     runtime.set_policy(policy)
     try:

@@ -17,6 +17,7 @@ from proxy.config import Settings
 from proxy.errors import E, WardenError, render_aip193
 from proxy.forward import ErrorStyle, Forwarder
 from proxy.gate import Gate
+from proxy.listener import no_banner
 from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.metrics import CloseCause, Metrics, ReloadResult
 from proxy.policy import PolicyError, PolicyFile
@@ -114,9 +115,31 @@ def build_proxy_app(runtime: Runtime) -> web.Application:
         except Exception:
             # A bug must still answer with an envelope and never show a traceback to a client.
             log.exception("unhandled error while proxying", extra={"path": request.path})
+            if request.writer.output_size > 0:
+                # The answer has begun: a second one would corrupt it. Cut the connection.
+                if request.transport is not None:
+                    request.transport.close()
+                raise ConnectionResetError("response already started") from None
             return _error_response(runtime, WardenError(E.INTERNAL_ERROR))
 
-    app.router.add_route("*", "/{tail:.*}", handle)
+    @web.middleware
+    async def unrouted(
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        """Targets no route can take (``CONNECT host:443``, ``OPTIONS *``): an envelope."""
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            log.info("request target refused", extra={"method": request.method})
+            return _error_response(runtime, WardenError(E.INVALID_REQUEST))
+
+    app.middlewares.append(unrouted)
+    # Any path at all, newlines (%0A) included: the upstream decides what exists.
+    app.router.add_route("*", r"/{tail:[\s\S]*}", handle)
+    app.on_response_prepare.append(no_banner)
     return app
 
 
@@ -218,6 +241,7 @@ def build_admin_app(runtime: Runtime) -> web.Application:
             return _error_response(runtime, WardenError(E.POLICY_STORE_UNAVAILABLE))
 
     app.middlewares.append(envelopes)
+    app.on_response_prepare.append(no_banner)
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

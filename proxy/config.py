@@ -47,6 +47,16 @@ class Settings:
     max_connections: int = 1000
     grace_period: float = 20.0
     log_level: str = "info"
+    # Proxy-wide safety limits (docs/hardening.md): each has a flag and a metric.
+    max_client_connections: int = 4096  # open client connections (lowered to fit the fd limit)
+    keepalive_timeout: float = 30.0  # an idle client connection is closed after this
+    header_timeout: float = 10.0  # from a request's first byte to its complete head
+    max_inflight_body_bytes: int = 64 * 1024 * 1024  # request bodies buffered at once
+    max_batch: int = 256  # elements of one JSON-RPC batch
+    max_inflight_per_agent: int = 64  # one agent's request/response calls in flight
+    max_streams_per_agent: int = 256  # one agent's open event streams
+    max_sessions: int = 100_000  # live sessions in the store, all agents together
+    max_event_size: int = 8 * 1024 * 1024  # one upstream SSE event
 
 
 def parse_address(value: str, what: str) -> Address:
@@ -141,6 +151,19 @@ def from_options(options: Mapping[str, str | None]) -> Settings:
         value = opt(name)
         return default if value is None else seconds(value, "--" + name.replace("_", "-"))
 
+    def count(name: str, default: int) -> int:
+        value = opt(name)
+        if value is None:
+            return default
+        if not value.isdigit() or int(value) < 1:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag}: expected a positive integer, got {value!r}")
+        return int(value)
+
+    def size(name: str, default: int) -> int:
+        value = opt(name)
+        return default if value is None else parse_size(value, "--" + name.replace("_", "-"))
+
     max_body = opt("max_body_size")
     store = opt("store") or "memory"
     if store != "memory" and not store.startswith(("redis://", "rediss://", "unix://")):
@@ -168,4 +191,13 @@ def from_options(options: Mapping[str, str | None]) -> Settings:
         max_connections=int(max_conn) if max_conn else defaults.max_connections,
         grace_period=dur("grace_period", defaults.grace_period),
         log_level=level,
+        max_client_connections=count("max_client_connections", defaults.max_client_connections),
+        keepalive_timeout=dur("keepalive_timeout", defaults.keepalive_timeout),
+        header_timeout=dur("header_timeout", defaults.header_timeout),
+        max_inflight_body_bytes=size("max_inflight_body_bytes", defaults.max_inflight_body_bytes),
+        max_batch=count("max_batch", defaults.max_batch),
+        max_inflight_per_agent=count("max_inflight_per_agent", defaults.max_inflight_per_agent),
+        max_streams_per_agent=count("max_streams_per_agent", defaults.max_streams_per_agent),
+        max_sessions=count("max_sessions", defaults.max_sessions),
+        max_event_size=size("max_event_size", defaults.max_event_size),
     )

@@ -56,12 +56,19 @@ from proxy.gate import (
     Refusal,
 )
 from proxy.metrics import HTTP_METHODS, OTHER, Metrics, RequestOutcome
+from proxy.policy.decide import ANONYMOUS
 from proxy.protocols import a2a, jsonrpc, mcp
 from proxy.protocols.card import card_is_signed, rewrite_card
-from proxy.protocols.classify import Binding, Classified, Protocol, classify, reads_body
+from proxy.protocols.classify import Binding, Classified, classify, reads_body
 from proxy.protocols.events import StreamWatch
 from proxy.protocols.mcp import SESSION_HEADER
-from proxy.protocols.sse import EventSplitter, build_event, event_fields, split_events
+from proxy.protocols.sse import (
+    EventSplitter,
+    EventTooLarge,
+    build_event,
+    event_fields,
+    split_events,
+)
 from proxy.telemetry import (
     NOOP,
     Telemetry,
@@ -94,7 +101,17 @@ _REQUEST_DROP = HOP_BY_HOP | {
     "content-length",
     "expect",
     "accept-encoding",
+    # aiohttp inflates request bodies: what goes up is the inflated bytes the proxy judged.
+    "content-encoding",
     MINTED_HEADER.lower(),
+    # The proxy says who the client is; a client's own claims are not passed on.
+    "forwarded",
+    "x-real-ip",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
 }
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 # Kept when an upstream error body is rewritten: they still mean something to the client.
@@ -105,6 +122,7 @@ _ACAO = hdrs.ACCESS_CONTROL_ALLOW_ORIGIN
 # MCP 2024-11-05: refusals about the sender, not the session, answer the POST itself (another
 # agent must never write into a session's stream).
 _SENDER_ERRORS = frozenset({E.AGENT_MISMATCH, E.ORIGIN_NOT_ALLOWED, E.UNAUTHENTICATED})
+_SMALL_BODY = 64 * 1024  # read before refusing an unidentified caller, to echo its id
 _SSE_HEADERS = {"X-Accel-Buffering": "no"}  # nginx and kin in front must not buffer events
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "PUT"})
 _UPSTREAM_MESSAGE_MAX = 200
@@ -151,6 +169,55 @@ def upstream_failure(exc: BaseException) -> E:
     return E.UPSTREAM_UNAVAILABLE
 
 
+class _Slot:
+    """One request's place among its agent's calls or streams in flight."""
+
+    __slots__ = ("_forwarder", "_held", "key", "stream")
+
+    def __init__(self, forwarder: Forwarder, key: str, stream: bool) -> None:
+        self._forwarder = forwarder
+        self.key = key
+        self.stream = stream
+        self._held = False
+
+    def _table(self) -> tuple[dict[str, int], int]:
+        f = self._forwarder
+        if self.stream:
+            return f._streams, f._settings.max_streams_per_agent
+        return f._calls, f._settings.max_inflight_per_agent
+
+    def take(self) -> bool:
+        table, limit = self._table()
+        used = table.get(self.key, 0)
+        if used >= limit:
+            return False
+        table[self.key] = used + 1
+        self._held = True
+        return True
+
+    def release(self) -> None:
+        if not self._held:
+            return
+        self._held = False
+        table, _ = self._table()
+        left = table[self.key] - 1
+        if left:
+            table[self.key] = left
+        else:
+            del table[self.key]
+
+    def to_stream(self) -> None:
+        """A call whose answer turned out to be an event stream: it holds a stream's place
+        from now on (uncapped: it is already flowing), so it no longer blocks calls."""
+        if self.stream or not self._held:
+            return
+        self.release()
+        self.stream = True
+        table, _ = self._table()
+        table[self.key] = table.get(self.key, 0) + 1
+        self._held = True
+
+
 @dataclass(slots=True)
 class _LegacyStream:
     """An MCP 2024-11-05 event stream this process relays: where its POSTs' answers go."""
@@ -179,7 +246,6 @@ class Forwarder:
         self._client = client
         self._style = error_style
         self._gate = gate
-        self._hint: Protocol = "unknown"  # what earlier requests revealed about the upstream
         self._base = str(settings.upstream).rstrip("/")
         self._base_path = URL(self._base).raw_path.rstrip("/")
         self._upstream_origin = str(URL(self._base).origin())
@@ -187,6 +253,9 @@ class Forwarder:
         # MCP 2024-11-05: message endpoint (path?query) -> its stream; and the bare paths.
         self._legacy: dict[str, _LegacyStream] = {}
         self._legacy_paths: dict[str, int] = {}
+        self._body_bytes = 0  # request bodies being buffered, all requests together
+        self._calls: dict[str, int] = {}  # in-flight request/response calls by agent
+        self._streams: dict[str, int] = {}  # open event streams by agent
         # MCP 2025 resumption: tools/list ids a closed stream still owes, by session.
         self._owed_lists: OrderedDict[str, set[jsonrpc.JsonRpcId]] = OrderedDict()
 
@@ -217,35 +286,112 @@ class Forwarder:
                 )
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        # Who is calling comes first: nothing of a body is read for a caller refused anyway.
+        caller = self._gate.caller(request.headers)
+        refused: WardenError | None = None
+        if isinstance(caller, WardenError):
+            request[_OUTCOME] = RequestOutcome.DENIED
+            length = request.content_length
+            if request.body_exists and (length is None or length > _SMALL_BODY):
+                return self._unread(request, caller)
+            refused, caller = caller, ANONYMOUS  # a small body is read: its id is echoed
+        slot = self._take_slot(request, caller)
+        if slot is None:
+            request[_OUTCOME] = RequestOutcome.DENIED
+            return self._unread(request, WardenError(E.OVERLOADED, retry_after=1.0))
+        held = 0
+        try:
+            if reads_body(request.method):
+                length = request.content_length
+                if length is not None and length > self._settings.max_body_size:
+                    return self._too_large(request)
+                # Bodies are read whole to be judged: all of them together stay bounded.
+                held = length if length is not None else self._settings.max_body_size
+                if self._body_bytes + held > self._settings.max_inflight_body_bytes:
+                    held = 0
+                    self._metrics.limits_tripped.inc("max_inflight_body_bytes")
+                    request[_OUTCOME] = RequestOutcome.DENIED
+                    return self._unread(request, WardenError(E.OVERLOADED, retry_after=1.0))
+                self._body_bytes += held
+            return await self._judge(request, refused)
+        finally:
+            self._body_bytes -= held
+            slot.release()
+
+    def _take_slot(self, request: web.Request, agent: str) -> _Slot | None:
+        """A place among the agent's calls (or streams) in flight; None past the limit.
+        The anonymous agent is many clients: counted per client address."""
+        key = agent if agent != ANONYMOUS else f"{agent}@{request.remote}"
+        stream = request.method == "GET" and "text/event-stream" in request.headers.get(
+            hdrs.ACCEPT, ""
+        )
+        slot = _Slot(self, key, stream)
+        if not slot.take():
+            self._metrics.limits_tripped.inc(
+                "max_streams_per_agent" if stream else "max_inflight_per_agent"
+            )
+            log.warning("agent over its in-flight limit", extra={"agent": agent, "stream": stream})
+            return None
+        request[_SLOT] = slot
+        return slot
+
+    def _unread(self, request: web.Request, err: WardenError) -> web.Response:
+        """An answer given before the body is read: the envelope follows the path (no
+        JSON-RPC id can be echoed), and the connection closes (the unread body must not be
+        parsed as the next request)."""
+        info = classify(
+            request.method, request.path, request.headers, None, self._settings.protocol
+        )
+        if info.binding is Binding.OPAQUE and request.content_type in ("application/json", ""):
+            info = Classified(info.protocol, Binding.JSONRPC)
+        resp = self._error(info, err)
+        if err.spec is E.INVALID_REQUEST:
+            resp.set_status(400)  # contract, Identity: an identity header not to be believed
+        if request.body_exists:
+            resp.force_close()
+        return resp
+
+    async def _judge(self, request: web.Request, refused: WardenError | None) -> web.StreamResponse:
         settings = self._settings
         body: bytes | None = None
         if reads_body(request.method):
-            length = request.content_length
-            if length is not None and length > settings.max_body_size:
-                return self._too_large(request)
             try:
                 body = await self._read_request(request)
             except BodyTooLarge:
                 return self._too_large(request)
-        info = classify(
-            request.method, request.path, request.headers, body, settings.protocol, self._hint
-        )
+        info = classify(request.method, request.path, request.headers, body, settings.protocol)
         request[_INFO] = info
         trace = self._trace(request, info)
         if trace is not NOOP:
             trace.classified(*span_attributes(info, request.headers))
+        if refused is not None:
+            resp = self._error(info, refused, trace)
+            if refused.spec is E.INVALID_REQUEST:
+                resp.set_status(400)  # contract, Identity: an identity header not believed
+            return resp
         if info.invalid is not None:
             request[_OUTCOME] = RequestOutcome.INVALID
+            if info.invalid.unsupported:  # a charset that reads the body otherwise: 415
+                if info.protocol == "a2a":
+                    return self._error(info, WardenError(E.CONTENT_TYPE_NOT_SUPPORTED), trace)
+                resp = self._error(info, WardenError(E.INVALID_REQUEST), trace)
+                resp.set_status(415)
+                return resp
             err = E.PARSE_ERROR if info.invalid.parse_error else E.INVALID_REQUEST
             return self._error(info, WardenError(err), trace)
-        if info.protocol != "unknown" and info.binding is not Binding.OPAQUE:
-            self._hint = info.protocol
+        if info.body is not None and len(info.body.messages) > settings.max_batch:
+            # Refused whole, before any element is judged: one request, one answer.
+            request[_OUTCOME] = RequestOutcome.INVALID
+            self._metrics.limits_tripped.inc("max_batch")
+            log.warning("batch over the length limit", extra={"elements": len(info.body.messages)})
+            too_long = Classified(info.protocol, Binding.JSONRPC)
+            return self._error(too_long, WardenError(E.INVALID_REQUEST), trace)
         if info.protocol == "mcp" and info.body is not None and _header_mismatch(request, info):
             request[_OUTCOME] = RequestOutcome.INVALID
             return self._error(info, WardenError(E.HEADER_MISMATCH), trace)
         legacy: _LegacyStream | None = None
         if request.method == "POST" and self._legacy_paths:
-            legacy = self._legacy.get(request.raw_path)
+            legacy = self._legacy.get(_target(request))
             if legacy is None and request.path in self._legacy_paths:
                 # A message endpoint of no stream here: nothing to judge it in.
                 request[_OUTCOME] = RequestOutcome.DENIED
@@ -255,6 +401,7 @@ class Forwarder:
             request.headers,
             info,
             legacy.session if legacy is not None else None,
+            request.rel_url.query if info.rest is not None else None,
         )
         if trace is not NOOP:
             trace.decided(decision_attributes(verdict))
@@ -340,8 +487,11 @@ class Forwarder:
 
     def _legacy_endpoint(self, data: str, request: web.Request) -> tuple[str, str] | None:
         """(the endpoint as the client should see it, the proxy path?query it names)."""
-        sent = URL(data.strip(), encoded=True)
-        target = URL(self._base + request.raw_path, encoded=True).join(sent)
+        try:
+            sent = URL(data.strip(), encoded=True)
+            target = URL(self._base + _target(request), encoded=True).join(sent)
+        except ValueError:
+            return None  # not a URL: no endpoint, so no POST to it will be judged as one
         if target.origin() != URL(self._base).origin():
             return None  # another server's endpoint: not ours to judge
         path = target.raw_path
@@ -457,24 +607,16 @@ class Forwarder:
             parts.append(chunk)
 
     def _too_large(self, request: web.Request) -> web.Response:
-        # The body was not read: a JSON-RPC id cannot be echoed, so the envelope follows the path.
-        info = classify(
-            request.method, request.path, request.headers, None, self._settings.protocol
-        )
-        if info.binding is Binding.OPAQUE and request.content_type in ("application/json", ""):
-            info = Classified(info.protocol, Binding.JSONRPC)
-        resp = self._error(info, WardenError(E.REQUEST_TOO_LARGE))
-        resp.force_close()  # the unread body must not be parsed as the next request
+        self._metrics.limits_tripped.inc("max_body_size")
+        resp = self._unread(request, WardenError(E.REQUEST_TOO_LARGE))
+        resp.force_close()
         return resp
 
     def _upstream_headers(self, request: web.Request) -> CIMultiDict[str]:
         headers = filter_headers(request.headers, _REQUEST_DROP)
-        peer = request.remote or ""
-        prior = request.headers.get("X-Forwarded-For")
-        headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
-        if "X-Forwarded-Proto" not in headers:
-            headers["X-Forwarded-Proto"] = request.scheme
-        if "X-Forwarded-Host" not in headers and request.host:
+        headers["X-Forwarded-For"] = request.remote or ""
+        headers["X-Forwarded-Proto"] = request.scheme
+        if request.host:
             headers["X-Forwarded-Host"] = request.host
         # The proxy reads upstream bodies to validate and rewrite them: ask for them plain.
         headers[hdrs.ACCEPT_ENCODING] = "identity"
@@ -508,7 +650,7 @@ class Forwarder:
         headers = self._upstream_headers(request)
         if verdict.strip_session:
             headers.popall(SESSION_HEADER, None)
-        url = URL(self._base + request.raw_path, encoded=True)
+        url = URL(self._base + _target(request), encoded=True)
         data: Any = verdict.forward_body if verdict.forward_body is not None else body
         overflow: list[bool] = []
         if body is None and request.body_exists:
@@ -648,7 +790,7 @@ class Forwarder:
         parts: list[bytes] = []
         size = 0
         while True:
-            chunk = await resp.content.readany()
+            chunk = await self._chunk(resp)
             if not chunk:
                 return b"".join(parts), True
             parts.append(chunk)
@@ -668,6 +810,8 @@ class Forwarder:
         if isinstance(read, web.Response):
             return read
         data, doc, readable = read
+        if not readable and verdict.own_tasks_only:  # what cannot be filtered is not shown
+            return self._invalid_response(request, info, resp)
         if not readable:  # too large or encoded to inspect: trusted as it is
             return await self._relay(request, resp, headers, prefix=data)
         if doc is None or not jsonrpc.is_response(doc):
@@ -680,6 +824,10 @@ class Forwarder:
         if verdict.learns or verdict.remembers:
             items = doc if isinstance(doc, list) else [doc]
             await self._gate.learn(verdict, [i["result"] for i in items if "result" in i])
+        if verdict.own_tasks_only and isinstance(doc, dict) and "result" in doc:
+            mine = await self._own_tasks(verdict, doc["result"])
+            if mine is not None:
+                data = _dumps({**doc, "result": mine})
         if verdict.filters_tools and (lists := _tools_list_ids(info)):
             filtered = _filter_tools_doc(doc, lists, verdict)
             if filtered is not None:
@@ -733,12 +881,16 @@ class Forwarder:
         if isinstance(read, web.Response):
             return read
         data, doc, readable = read
+        if not readable and verdict.own_tasks_only:  # what cannot be filtered is not shown
+            return self._invalid_response(request, info, resp)
         if not readable:
             return await self._relay(request, resp, headers, prefix=data)
         if doc is None and data.strip():
             return self._invalid_response(request, info, resp)
         if doc is not None:
             await self._gate.learn(verdict, [doc])
+            if verdict.own_tasks_only and (mine := await self._own_tasks(verdict, doc)):
+                data = _dumps(mine)
         return web.Response(body=data, status=resp.status, reason=resp.reason, headers=headers)
 
     def _invalid_response(
@@ -796,10 +948,13 @@ class Forwarder:
             if reason is not None:
                 err = WardenError(reason)
             else:
+                # The upstream's own text (stack traces, paths, secrets) is for the log only.
+                log.warning(
+                    "upstream error text withheld from the client",
+                    extra={"status": status, "upstream_message": _upstream_message(doc)},
+                )
                 err = WardenError(
-                    E.UPSTREAM_ERROR,
-                    message=_upstream_message(doc),
-                    status_override=code_for_upstream_status(status),
+                    E.UPSTREAM_ERROR, status_override=code_for_upstream_status(status)
                 )
             rendered = self._render(info, err)
             if info.binding is Binding.JSONRPC and (
@@ -838,7 +993,7 @@ class Forwarder:
                 await out.write(prefix)
             while True:
                 try:
-                    chunk = await resp.content.readany()
+                    chunk = await self._chunk(resp)
                 except (ClientPayloadError, ClientConnectionError, TimeoutError):
                     # Headers are gone already: a cut connection is the only honest signal.
                     return self._abort(request, out)
@@ -861,11 +1016,13 @@ class Forwarder:
         out: web.StreamResponse | None = None,
     ) -> web.StreamResponse:
         """Relay an SSE stream event by event; a stream cut before its end gets an error event."""
+        if _SLOT in request:
+            request[_SLOT].to_stream()
         if out is None:
             headers.update(_SSE_HEADERS)
             out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)
             await out.prepare(request)
-        splitter = EventSplitter()
+        splitter = EventSplitter(max_event=self._settings.max_event_size)
         # An MCP 2024-11-05 stream names its message endpoint in its first event.
         legacy: list[_LegacyStream | None] | None = (
             [None]
@@ -875,7 +1032,6 @@ class Forwarder:
             else None
         )
         lists = self._lists_to_filter(request, info, verdict)
-        resumable = False  # the last event carried an id: a clean close may be resumed
         op = info.a2a_op
         watch = StreamWatch(
             pending,
@@ -883,12 +1039,28 @@ class Forwarder:
             a2a_stream=op is not None and op.streaming,
         )
         owes = pending is not None or (op is not None and op.streaming)
-        interrupted = False
+        interrupted = too_large = False
         trace = self._trace(request)
+
+        async def relay(ready: bytes) -> None:
+            """Whole events out: read for what they reveal, rewritten where they must be."""
+            if legacy is not None:
+                ready = await self._legacy_events(request, verdict, ready, legacy, out)
+            elif lists:
+                ready = _filter_tools_events(ready, lists, verdict)
+            results = watch.feed(ready)
+            for code in watch.take_error_codes():
+                trace.rpc_error(code)
+            if results:
+                trace.results(results)
+                if verdict.learns or verdict.remembers:
+                    await self._gate.learn(verdict, results)
+            await out.write(ready)
+
         try:
             while True:
                 try:
-                    chunk = await resp.content.readany()
+                    chunk = await self._chunk(resp)
                 except (ClientPayloadError, ClientConnectionError, TimeoutError) as exc:
                     log.warning(
                         "upstream event stream interrupted",
@@ -898,21 +1070,25 @@ class Forwarder:
                     break
                 if not chunk:
                     break
-                ready = splitter.feed(chunk)
+                try:
+                    ready = splitter.feed(chunk)
+                except EventTooLarge as exc:
+                    ready, too_large = exc.ready, True
                 if ready:
-                    if legacy is not None:
-                        ready = await self._legacy_events(request, verdict, ready, legacy, out)
-                    elif lists:
-                        ready = _filter_tools_events(ready, lists, verdict)
-                    results = watch.feed(ready)
-                    resumable = watch.last_event_id is not None
-                    for code in watch.take_error_codes():
-                        trace.rpc_error(code)
-                    if results:
-                        trace.results(results)
-                        if verdict.learns or verdict.remembers:
-                            await self._gate.learn(verdict, results)
-                    await out.write(ready)
+                    await relay(ready)
+                if too_large:
+                    # An event past the limit: the stream ends here, with the error event.
+                    self._metrics.limits_tripped.inc("max_event_size")
+                    log.warning(
+                        "upstream event over the size limit",
+                        extra={"limit": self._settings.max_event_size},
+                    )
+                    resp.close()
+                    interrupted = True
+                    break
+            if not interrupted and (ready := splitter.finish()):
+                await relay(ready)  # a last event ended by a bare CR
+            resumable = watch.last_event_id is not None
             if owes and not interrupted and resumable and info.protocol == "mcp":
                 # MCP resumption: the client resumes with Last-Event-ID, no error of ours.
                 log.info("upstream closed a resumable event stream", extra={"path": request.path})
@@ -920,13 +1096,17 @@ class Forwarder:
                 if lists and session:
                     # Its tools/list answers may come on the resuming GET: filtered there too.
                     self._remember_lists(session, lists & set(watch.pending))
-            elif owes and (interrupted or not watch.complete):
+            elif too_large or (owes and (interrupted or not watch.complete)):
                 # Ended before its final event: tell the client in the stream's own terms.
                 log.warning(
                     "upstream event stream ended before its final event",
                     extra={"path": request.path, "cut": interrupted},
                 )
                 await out.write(self._interrupted_events(info, watch.pending or info.request_ids))
+            elif interrupted:
+                # Nothing owed, but cut: the client must see a broken stream, not an end.
+                self._abort(request, out)
+                return out
             elif splitter.pending:
                 await out.write(splitter.pending)
             await out.write_eof()
@@ -936,6 +1116,29 @@ class Forwarder:
             if legacy is not None and legacy[0] is not None:
                 await self._end_legacy(legacy[0])
         return out
+
+    async def _chunk(self, resp: ClientResponse) -> bytes:
+        """The next piece of an upstream body. The proxy's own deadline backs the client's
+        socket read timeout, which aiohttp drops when it meets a malformed chunk size (the
+        read would then wait forever)."""
+        async with asyncio.timeout(self._settings.stream_idle_timeout):
+            return await resp.content.readany()
+
+    async def _own_tasks(self, verdict: Admission, listing: Any) -> dict[str, Any] | None:
+        """An unfiltered ListTasks answer limited to the caller's contexts; None: unchanged."""
+        if not isinstance(listing, dict) or not isinstance(listing.get("tasks"), list):
+            return None
+        tasks: list[Any] = listing["tasks"]
+        contexts = {c for t in tasks if isinstance(c := _task_context(t), str)}
+        owned = await self._gate.own_contexts(verdict, contexts)
+        kept = [t for t in tasks if _task_context(t) in owned]
+        if len(kept) == len(tasks):
+            return None
+        mine = {**listing, "tasks": kept}
+        for key in ("totalSize", "total_size"):
+            if key in mine:
+                mine[key] = len(kept)  # the whole count would tell of others' tasks
+        return mine
 
     def _lists_to_filter(
         self, request: web.Request, info: Classified, verdict: Admission
@@ -1042,6 +1245,7 @@ class Forwarder:
 _OUTCOME = web.RequestKey("agent_warden.outcome", RequestOutcome)
 _TRACE = web.RequestKey("agent_warden.trace", Trace)
 _INFO = web.RequestKey("agent_warden.info", Classified)
+_SLOT = web.RequestKey("agent_warden.slot", _Slot)
 
 
 def _http_label(method: str) -> str:
@@ -1157,6 +1361,22 @@ def _rest_reason_of_jsonrpc_body(doc: Any) -> E | None:
     error = doc.get("error") if isinstance(doc, dict) else None
     code = error.get("code") if isinstance(error, dict) else None
     return rest_reason_for_jsonrpc_code(code) if isinstance(code, int) else None
+
+
+def _task_context(task: Any) -> str | None:
+    if not isinstance(task, dict):
+        return None
+    ctx = task.get("contextId", task.get("context_id"))
+    return ctx if isinstance(ctx, str) else None
+
+
+def _target(request: web.Request) -> str:
+    """Path and query as sent, from the parsed target: an absolute-form request line
+    (``GET http://host/x HTTP/1.1``) names the same resource as its origin form."""
+    raw = request.raw_path
+    if raw.startswith("/"):
+        return raw
+    return request.rel_url.raw_path_qs if request.rel_url.raw_path else "/"
 
 
 def _upstream_message(doc: Any) -> str | None:

@@ -16,10 +16,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from multidict import CIMultiDictProxy, MultiMapping
+
 from proxy.errors import E, WardenError, jsonrpc_error_object
 from proxy.metrics import CloseCause, Metrics
 from proxy.policy import PolicyFile, Rules
-from proxy.policy.decide import authorize, calls_for, identify, limits_for
+from proxy.policy.decide import (
+    ANONYMOUS,
+    authorize,
+    calls_for,
+    identify,
+    identity_header_problem,
+    limits_for,
+)
 from proxy.policy.grant import Grant, GrantError, grant_from_json
 from proxy.policy.model import GlobSet, normalize_origin
 from proxy.protocols import a2a, mcp
@@ -72,6 +81,7 @@ class Admission:
     tools: GlobSet | None = None  # the caller's tool rules: tools/list results are filtered
     grant: Grant | None = None  # a minted session's narrowing (tools/list too)
     remembers: bool = False  # MCP: input_required results hand out requestStates
+    own_tasks_only: bool = False  # A2A ListTasks: the answer keeps the caller's tasks only
 
     @property
     def filters_tools(self) -> bool:
@@ -141,12 +151,42 @@ class Gate:
 
     # -- entry point ------------------------------------------------------------------------
 
+    def caller(self, headers: CIMultiDictProxy[str]) -> str | WardenError:
+        """Who is calling, before any body is read: the agent id, or the error to answer
+        (an identity header that cannot be believed, a missing required one)."""
+        policy = self._policy()
+        identity = policy.identity
+        problem = identity_header_problem(
+            headers.getall(identity.header, ()), headers.getall("Connection", ()), identity
+        )
+        if problem is not None:
+            log.warning("request refused: %s", problem, extra={"header": identity.header})
+            self._metrics.denials.inc(E.INVALID_REQUEST.name, "enforce")
+            return WardenError(E.INVALID_REQUEST)
+        agent = identify(headers, identity)
+        if agent is None:
+            if policy.defaults.mode == "audit":
+                return ANONYMOUS
+            self._metrics.denials.inc(E.UNAUTHENTICATED.name, "enforce")
+            log.warning(
+                "request denied",
+                extra={
+                    "agent": None,
+                    "policy": "default",
+                    "mode": "enforce",
+                    "reason": E.UNAUTHENTICATED.value.reason,
+                },
+            )
+            return WardenError(E.UNAUTHENTICATED)
+        return agent
+
     async def admit(
         self,
         http_method: str,
         headers: Mapping[str, str],
         info: Classified,
         legacy: LegacySession | None = None,
+        query: MultiMapping[str] | None = None,
     ) -> Verdict:
         """Judge one request in its session: minted, protocol or the agent's window."""
         policy = self._policy()
@@ -175,7 +215,7 @@ class Gate:
             if info.protocol == "mcp":
                 return await self._mcp(adm, http_method, headers, info, rules)
             if info.protocol == "a2a" and info.a2a_op is not None:
-                return await self._a2a(adm, info, info.a2a_op, rules)
+                return await self._a2a(adm, info, info.a2a_op, rules, query)
             if info.body is not None:
                 # JSON-RPC of neither protocol: judged in the agent's window.
                 return await self._window(adm, info, rules, calls_for(info.body, rules))
@@ -279,11 +319,13 @@ class Gate:
         adm.remembers = info.protocol == "mcp"
         now = self._clock()
         sid = await self._store.window(adm.agent, info.protocol, limits, now)
+        method = info.body.first_method if info.body is not None else None
+        if not isinstance(sid, str):
+            return self._overloaded(adm, sid, method)
         adm.session_id = sid
         calls = await self._continued(sid, info, calls)
         outcome = await self._store.check(sid, adm.agent, calls, limits, now)
         if outcome.session is not None:
-            method = info.body.first_method if info.body is not None else None
             return self._deny(adm, outcome.session, method, None)
         return self._apply(adm, info, list(outcome.calls), calls)
 
@@ -394,7 +436,14 @@ class Gate:
 
     # -- A2A ---------------------------------------------------------------------------------
 
-    async def _a2a(self, adm: Admission, info: Classified, op: a2a.A2aOp, rules: Rules) -> Verdict:
+    async def _a2a(
+        self,
+        adm: Admission,
+        info: Classified,
+        op: a2a.A2aOp,
+        rules: Rules,
+        query: MultiMapping[str] | None,
+    ) -> Verdict:
         """Sessions are contexts: named, found through a task, or revealed by the response."""
         limits = limits_for(rules)
         adm.limits = limits
@@ -412,9 +461,19 @@ class Gate:
             sent = info.body.first_method
             task = a2a.task_id(op, params)
         ctx = a2a.context_id(op, params)
+        if op is a2a.LIST_TASKS and info.rest is not None and ctx is None and query:
+            # REST ListTasks filters in the query string: judged like a body's filter.
+            named = {*query.getall("contextId", ()), *query.getall("context_id", ())}
+            if len(named) > 1:  # two filters: the upstream may read either
+                return Refusal(WardenError(E.INVALID_REQUEST), adm)
+            ctx = next(iter(named), None)
         now = self._clock()
         if ctx is None and task is not None:
-            ctx = await self._store.context_of(task)
+            known = await self._store.task_context(task, now)
+            if isinstance(known, Denial):
+                # The store refused links lately: an unknown task may be another agent's.
+                return self._overloaded(adm, known, sent)
+            ctx = known
         starts = op.name in _SESSION_STARTERS
         if ctx is not None:
             adm.session_id = ctx
@@ -430,12 +489,17 @@ class Gate:
                 self._metrics.sessions_opened.inc("a2a")
                 outcome = await self._store.check(ctx, adm.agent, calls, limits, now)
             elif first is not None and first.reason is E.SESSION_NOT_FOUND:
-                return self._pure_only(adm, info, calls)  # a filter on an unknown context
+                # A filter on a context the proxy does not know (or no longer knows): it may
+                # be another agent's, so it is refused rather than passed on.
+                return self._deny(adm, first, sent, None)
             if outcome.session is not None:
                 return self._deny(adm, outcome.session, sent, None)
             return self._apply(adm, info, list(outcome.calls), calls)
         if task is None and not starts:
-            return await self._window(adm, info, rules, calls)  # e.g. ListTasks, unfiltered
+            # E.g. an unfiltered ListTasks: counted in the window, its answer limited to the
+            # caller's own contexts.
+            adm.own_tasks_only = op is a2a.LIST_TASKS
+            return await self._window(adm, info, rules, calls)
         adm.kind = Kind.PROTOCOL
         verdict = self._pure_only(adm, info, calls)
         if isinstance(verdict, Refusal):
@@ -460,12 +524,21 @@ class Gate:
         held = await self._store.reserve(adm.agent, limits, now)
         if isinstance(held, str):
             return held
+        if held.reason is E.OVERLOADED:
+            return self._overloaded(adm, held, method)
         error = self._record(adm, held, method, None)
         if error is not None:
             return Refusal(error, adm)
         held = await self._store.reserve(adm.agent, replace(limits, max_per_agent=_UNCAPPED), now)
-        assert isinstance(held, str)  # audit: the session is born anyway, past the cap
+        if not isinstance(held, str):  # audit, past the cap: only the proxy-wide cap holds
+            return self._overloaded(adm, held, method)
         return held
+
+    def _overloaded(self, adm: Admission, denial: Denial, method: str | None) -> Refusal:
+        """The proxy-wide session cap: a safety limit, enforced in audit mode too."""
+        self._metrics.limits_tripped.inc(_limit_label(denial))
+        self._log_denial(adm, denial, method, None, False, None)
+        return Refusal(WardenError(E.OVERLOADED, retry_after=1.0), adm)
 
     async def learn(self, adm: Admission, results: list[Any]) -> None:
         """Results seen in a response. MCP: an ``input_required`` result's requestState is
@@ -495,8 +568,11 @@ class Gate:
                     # The upstream already served it: the context is the caller's, cap or not.
                     uncapped = replace(adm.limits, max_per_agent=_UNCAPPED)
                     token = await self._store.reserve(adm.agent, uncapped, now)
-                    assert isinstance(token, str)
-                    held = token
+                    if isinstance(token, str):
+                        held = token
+                    else:  # the proxy-wide cap: the context stays unbound, so unknown
+                        self._metrics.limits_tripped.inc(_limit_label(token))
+                        adm.adopt_after = False
                 if held is not None:
                     adm.reservation, adm.adopt_after = None, False
                     await self._store.bind(
@@ -504,10 +580,27 @@ class Gate:
                     )
                     adm.session_id = ctx
                     self._metrics.sessions_opened.inc("a2a")
-                if task is not None:
-                    await self._store.link_task(task, ctx, now)
+                if task is not None and (full := await self._store.link_task(task, ctx, now)):
+                    # Not remembered: later requests naming the task are refused until the
+                    # store is sure again (it never forgets another agent's task instead).
+                    self._metrics.limits_tripped.inc(_limit_label(full))
+                    log.warning("task link refused: the store is full", extra={"task": task})
         except StoreUnavailable as exc:
             log.error("session store unavailable while binding", extra={"error": str(exc)})
+
+    async def own_contexts(self, adm: Admission, contexts: set[str]) -> set[str]:
+        """Which of ``contexts`` are live or ended sessions of the caller (store faults:
+        none, so nothing foreign is ever shown)."""
+        owned: set[str] = set()
+        try:
+            for ctx in contexts:
+                known = await self._store.get(ctx)
+                if known is not None and known.agent == adm.agent:
+                    owned.add(ctx)
+        except StoreUnavailable as exc:
+            log.error("session store unavailable while filtering", extra={"error": str(exc)})
+            return set()
+        return owned
 
     async def end_session(self, session_id: str) -> None:
         """A session whose transport ended (an MCP 2024-11-05 event stream): closed."""
@@ -553,11 +646,21 @@ class Gate:
             return self._deny(adm, denial, message.method, tool)
         kept: list[dict[str, Any]] = []
         domain, a2a_spec = self._style()
+        logged = False
         for i, (message, denial) in enumerate(zip(messages, denials, strict=True)):
             if denial is None:
                 kept.append(message.raw)
                 continue
-            error = self._record(adm, denial, message.method, calls[i].tool)
+            # One log line per request: the first denial names the rest's count.
+            error = self._record(
+                adm,
+                denial,
+                message.method,
+                calls[i].tool,
+                log_it=not logged,
+                batch_denied=sum(1 for d in denials if d is not None),
+            )
+            logged = True
             if error is None:  # audit: forwarded as if allowed
                 kept.append(message.raw)
             elif message.has_id:
@@ -575,12 +678,41 @@ class Gate:
         return adm
 
     def _record(
-        self, adm: Admission, denial: Denial, method: str | None, tool: str | None
+        self,
+        adm: Admission,
+        denial: Denial,
+        method: str | None,
+        tool: str | None,
+        *,
+        log_it: bool = True,
+        batch_denied: int | None = None,
     ) -> WardenError | None:
         """Record a denial (log line, metric); the error to answer, or None in audit mode,
         where a decision is made and recorded but never blocks."""
         audit = adm.mode == "audit"
         self._metrics.denials.inc(denial.reason.name, "audit" if audit else "enforce")
+        if log_it:
+            self._log_denial(adm, denial, method, tool, audit, batch_denied)
+        adm.reason = denial.reason
+        adm.decision = "audit-deny" if audit else "deny"
+        if audit:
+            return None
+        return WardenError(
+            denial.reason,
+            metadata=_metadata(adm.session_id, method, tool),
+            retry_after=denial.retry_after,
+            mcp_session=adm.mcp_session,
+        )
+
+    @staticmethod
+    def _log_denial(
+        adm: Admission,
+        denial: Denial,
+        method: str | None,
+        tool: str | None,
+        audit: bool,
+        batch_denied: int | None,
+    ) -> None:
         log.warning(
             "request would be denied (audit)" if audit else "request denied",
             extra={
@@ -594,17 +726,8 @@ class Gate:
                 "limit": denial.limit.value if denial.limit else None,
                 "limit_value": denial.limit_value,
                 "used": denial.used,
+                "batch_denied": batch_denied,
             },
-        )
-        adm.reason = denial.reason
-        adm.decision = "audit-deny" if audit else "deny"
-        if audit:
-            return None
-        return WardenError(
-            denial.reason,
-            metadata=_metadata(adm.session_id, method, tool),
-            retry_after=denial.retry_after,
-            mcp_session=adm.mcp_session,
         )
 
     def _deny(
@@ -661,6 +784,10 @@ class Gate:
         except StoreUnavailable as exc:
             log.error("session store unavailable after forwarding", extra={"error": str(exc)})
         return extra
+
+
+def _limit_label(denial: Denial) -> str:
+    return denial.limit.value if denial.limit is not None else "max_sessions"
 
 
 def _pure(call: Call) -> Denial | None:

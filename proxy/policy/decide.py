@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 
 from proxy.errors import E
@@ -20,6 +20,25 @@ def identify(headers: Mapping[str, str], identity: Identity) -> str | None:
     if value:
         return value
     return None if identity.required else ANONYMOUS
+
+
+def identity_header_problem(
+    values: Sequence[str], connection: Sequence[str], identity: Identity
+) -> str | None:
+    """Why the trusted identity header cannot be believed, or None.
+
+    ``values`` are every value of the header as received, ``connection`` every value of
+    ``Connection``. Named in ``Connection``, the header would be dropped on the way up
+    (hop by hop), so the upstream would not see the identity the proxy judged; sent twice
+    with different values, the upstream may read the other one (contract, Identity).
+    """
+    name = identity.header.lower()
+    for value in connection:
+        if any(token.strip().lower() == name for token in value.split(",")):
+            return "identity header named in Connection"
+    if len({v.strip() for v in values}) > 1:
+        return "identity header sent twice with different values"
+    return None
 
 
 def method_allowed(rules: Rules, method: str) -> bool:

@@ -23,6 +23,16 @@ Decisions:
 - YAML merge keys (``<<: *anchor``) work; explicit keys override merged ones.
   Top-level keys starting with ``x-`` are ignored, to hold anchors.
 - ``default`` is reserved as a policy name: it names the fallback to ``defaults``.
+- Bounds, each a ``file:line`` problem rather than a hang, a huge allocation or a
+  traceback: only a regular file is read (opened non-blocking, so a FIFO or a device
+  at the path is refused at once), of at most ``MAX_FILE_BYTES``; at most ``MAX_NODES``
+  YAML nodes, nested at most ``MAX_DEPTH`` levels (composed without recursion, so no
+  depth reaches a recursion limit); merges at most ``MAX_DEPTH`` levels deep, the keys
+  each mapping brings to a merge worked out once; checking visits at most
+  ``MAX_VISITS`` nodes and ``MAX_VISITED_CHARS`` characters of scalars, counting again
+  every use of an alias and every key a merge brings in (so an alias or merge "billion
+  laughs" stops early); at most ``MAX_PROBLEMS`` problems, each shortened to about
+  ``MAX_MESSAGE`` characters.
 
 To add a key: add a field to the model class and one line to its table below.
 """
@@ -30,7 +40,10 @@ To add a key: add a field to the model class and one line to its table below.
 from __future__ import annotations
 
 import difflib
+import errno
+import os
 import re
+import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -39,8 +52,19 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
+from yaml.composer import ComposerError
 from yaml.constructor import SafeConstructor
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.events import (
+    AliasEvent,
+    CollectionStartEvent,
+    DocumentEndEvent,
+    MappingStartEvent,
+    NodeEvent,
+    ScalarEvent,
+    SequenceStartEvent,
+    StreamEndEvent,
+)
+from yaml.nodes import CollectionNode, MappingNode, Node, ScalarNode, SequenceNode
 
 from proxy.durations import DURATION_HINT, DURATION_RE, parse_duration
 from proxy.policy.globs import glob_problem
@@ -63,6 +87,13 @@ __all__ = [
     "DURATION_RE",
     "EXTENSION_PREFIX",
     "HEADER_RE",
+    "MAX_DEPTH",
+    "MAX_FILE_BYTES",
+    "MAX_MESSAGE",
+    "MAX_NODES",
+    "MAX_PROBLEMS",
+    "MAX_VISITED_CHARS",
+    "MAX_VISITS",
     "ORIGIN_RE",
     "PolicyError",
     "Problem",
@@ -71,6 +102,8 @@ __all__ = [
     "load_policy",
     "parse_duration",
     "parse_policy",
+    "parse_policy_bytes",
+    "read_policy_file",
 ]
 
 if TYPE_CHECKING:
@@ -84,6 +117,24 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 DOMAIN_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+
+MAX_FILE_BYTES = 1 << 20
+"""The largest policy file read (1 MiB); a policy is a few kilobytes."""
+MAX_NODES = 100_000
+"""The most YAML nodes (scalars, mappings, lists and aliases) a policy file may hold."""
+MAX_DEPTH = 64
+"""The deepest nesting of mappings and lists, and the deepest chain of merges (``<<``)."""
+MAX_VISITS = 200_000
+"""The most nodes checking a file may visit, counting again each use of an alias and each
+key a merge brings in: what stops an alias or merge "billion laughs"."""
+MAX_VISITED_CHARS = 2 * MAX_FILE_BYTES
+"""The most characters of scalars (keys and values) checking may visit, counted the same
+way: what stops a long string used many times by alias (globs compile at about 1 s for
+1 MB)."""
+MAX_PROBLEMS = 1000
+"""The most problems reported for one file; then checking stops, saying so."""
+MAX_MESSAGE = 400
+"""Problems quoting a long value or key are shortened to about this many characters."""
 EXTENSION_PREFIX = "x-"
 """Top-level keys with this prefix are ignored: a place for anchors (``x-common: &c``)."""
 
@@ -127,15 +178,66 @@ class _Partial(dict[str, Any]):
         self.lines: dict[str, int] = {}
 
 
+class _Limit(Exception):
+    """A bound of the loader crossed: checking stops; ``problems`` is what to report."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems
+
+
+def _shorten(message: str) -> str:
+    """A message of at most about MAX_MESSAGE characters: the middle of a long one elided."""
+    if len(message) <= MAX_MESSAGE:
+        return message
+    head, tail = MAX_MESSAGE * 3 // 4, MAX_MESSAGE // 4
+    return f"{message[:head]}[... {len(message) - head - tail} characters ...]{message[-tail:]}"
+
+
 @dataclass(slots=True)
 class _Ctx:
     file: str
     problems: list[Problem] = field(default_factory=list)
     constructor: SafeConstructor = field(default_factory=SafeConstructor)
+    visits: int = 0
+    characters: int = 0
+    merged: dict[int, dict[str, tuple[Node, Node]]] = field(default_factory=dict)
+    """The keys each mapping brings to a merge, by id of the node: worked out once."""
+    merging: set[int] = field(default_factory=set)
+    """Ids of the mappings whose merges are being worked out (a cycle merges nothing)."""
+
+    def visit(self, node: Node, path: str) -> None:
+        """Count a node visited; past MAX_VISITS or MAX_VISITED_CHARS, stop (raises _Limit)."""
+        self.visits += 1
+        if isinstance(node, ScalarNode):
+            self.characters += len(node.value)
+        if self.visits > MAX_VISITS:
+            what = f"{MAX_VISITS} nodes"
+        elif self.characters > MAX_VISITED_CHARS:
+            what = f"{MAX_VISITED_CHARS} characters of values"
+        else:
+            return
+        message = (
+            f"{path or '(top level)'}: the file expands to more than {what} (the limit), "
+            "counting every use of an alias or merge"
+        )
+        raise _Limit([Problem(self.file, _line(node), message)])
+
+    def add(self, problem: Problem) -> None:
+        """Record a problem; past MAX_PROBLEMS, stop checking (raises _Limit)."""
+        if len(self.problems) >= MAX_PROBLEMS:
+            stop = Problem(
+                self.file, problem.line, f"more than {MAX_PROBLEMS} problems; checking stopped"
+            )
+            raise _Limit([*sorted(self.problems, key=lambda p: p.line), stop])
+        message = _shorten(problem.message)
+        self.problems.append(
+            problem if message is problem.message else replace(problem, message=message)
+        )
 
     def report(self, node: Node, path: str, message: str) -> _Skip:
         text = f"{path}: {message}" if path else message
-        self.problems.append(Problem(self.file, _line(node), text))
+        self.add(Problem(self.file, _line(node), text))
         return _SKIP
 
     def wrong_type(self, node: Node, path: str, expected: str) -> _Skip:
@@ -188,6 +290,7 @@ class _Spec:
     nullable = False
 
     def parse(self, ctx: _Ctx, node: Node, path: str) -> object:
+        ctx.visit(node, path)
         if self.nullable and _is_null(node):
             return _SKIP
         return self.check(ctx, node, path)
@@ -305,9 +408,7 @@ class _Section(_Spec):
             if spec is None and self.extensions and key.startswith(EXTENSION_PREFIX):
                 continue
             if spec is None:
-                ctx.problems.append(
-                    Problem(ctx.file, key_line, f"{key_path}: unknown key{self._hint(key)}")
-                )
+                ctx.add(Problem(ctx.file, key_line, f"{key_path}: unknown key{self._hint(key)}"))
                 continue
             out.lines[key] = key_line
             value = spec.parse(ctx, value_node, key_path)
@@ -356,10 +457,25 @@ class _List(_Spec):
 
 
 def _mapping_items(ctx: _Ctx, node: MappingNode, path: str) -> Iterator[tuple[str, Node, int]]:
-    """(key, value node, key line) of a mapping; duplicates reported, merge keys expanded."""
-    explicit, merged = _split_merge(ctx, node, path, {id(node)})
+    """(key, value node, key line) of a mapping; duplicates reported, merge keys expanded.
+
+    Explicit keys come first, then those brought in by ``<<`` that no explicit key
+    overrides (of several sources, the first wins).
+    """
+    explicit, sources = _split_merge(ctx, node, path)
+    merged: dict[str, tuple[Node, Node]] = {}
+    if sources:
+        ctx.merging.add(id(node))
+        try:
+            for source in sources:
+                for key, pair in _merged_keys(ctx, source, path, 1).items():
+                    ctx.visit(pair[0], path)
+                    merged.setdefault(key, pair)
+        finally:
+            ctx.merging.discard(id(node))
     seen: dict[str, int] = {}
     for key_node, value_node in explicit:
+        ctx.visit(key_node, path)
         if not isinstance(key_node, ScalarNode):
             ctx.report(key_node, path or "(top level)", "keys must be plain strings")
             continue
@@ -369,33 +485,64 @@ def _mapping_items(ctx: _Ctx, node: MappingNode, path: str) -> Iterator[tuple[st
             continue
         seen[key] = _line(key_node)
         yield key, value_node, seen[key]
-    for key_node, value_node in merged:
-        key = str(key_node.value)
-        if isinstance(key_node, ScalarNode) and key not in seen:
+    for key, (key_node, value_node) in merged.items():
+        if key not in seen:
             seen[key] = _line(key_node)
             yield key, value_node, seen[key]
 
 
 def _split_merge(
-    ctx: _Ctx, node: MappingNode, path: str, visiting: set[int]
-) -> tuple[list[tuple[Node, Node]], list[tuple[Node, Node]]]:
-    """The explicit pairs of a mapping, and those brought in by ``<<`` (first source wins)."""
+    ctx: _Ctx, node: MappingNode, path: str
+) -> tuple[list[tuple[Node, Node]], list[MappingNode]]:
+    """The explicit pairs of a mapping, and the mappings its ``<<`` keys merge, in order."""
     explicit: list[tuple[Node, Node]] = []
-    merged: list[tuple[Node, Node]] = []
+    sources: list[MappingNode] = []
     for key_node, value_node in node.value:
         if key_node.tag != _MERGE_TAG:
             explicit.append((key_node, value_node))
             continue
-        sources = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
-        for source in sources:
-            if not isinstance(source, MappingNode):
+        items = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
+        for source in items:
+            ctx.visit(source, _join(path, "<<"))
+            if isinstance(source, MappingNode):
+                sources.append(source)
+            else:
                 ctx.report(source, _join(path, "<<"), "can only merge mappings")
-            elif id(source) not in visiting:
-                more_explicit, more_merged = _split_merge(
-                    ctx, source, path, visiting | {id(source)}
-                )
-                merged.extend(more_explicit + more_merged)
-    return explicit, merged
+    return explicit, sources
+
+
+def _merged_keys(
+    ctx: _Ctx, node: MappingNode, path: str, depth: int
+) -> dict[str, tuple[Node, Node]]:
+    """What merging ``node`` brings: its keys, then those of its own merges; first wins.
+
+    Worked out once per node (a merge "billion laughs" costs one pass per mapping);
+    a chain of merges deeper than MAX_DEPTH is a problem; a cycle merges nothing more.
+    """
+    done = ctx.merged.get(id(node))
+    if done is not None:
+        return done
+    if id(node) in ctx.merging:
+        return {}
+    if depth > MAX_DEPTH:
+        message = f"{_join(path, '<<')}: merges nested more than {MAX_DEPTH} levels deep"
+        raise _Limit([Problem(ctx.file, _line(node), message)])
+    explicit, sources = _split_merge(ctx, node, path)
+    out: dict[str, tuple[Node, Node]] = {}
+    for key_node, value_node in explicit:
+        ctx.visit(key_node, path)
+        if isinstance(key_node, ScalarNode):
+            out.setdefault(str(key_node.value), (key_node, value_node))
+    ctx.merging.add(id(node))
+    try:
+        for source in sources:
+            for key, pair in _merged_keys(ctx, source, path, depth + 1).items():
+                ctx.visit(pair[0], path)
+                out.setdefault(key, pair)
+    finally:
+        ctx.merging.discard(id(node))
+    ctx.merged[id(node)] = out
+    return out
 
 
 # --- the key tables -----------------------------------------------------------------
@@ -561,7 +708,7 @@ def _duplicate_names(ctx: _Ctx, top: _Partial) -> None:
             continue
         name, line = policy["name"], policy.lines["name"]
         if name in first:
-            ctx.problems.append(
+            ctx.add(
                 Problem(
                     ctx.file,
                     line,
@@ -588,13 +735,126 @@ def _yaml_problem(filename: str, text: str, exc: yaml.YAMLError) -> Problem:
     return Problem(filename, line, f"invalid YAML: {what}")
 
 
-def parse_policy(text: str, filename: str) -> PolicyFile:
-    """The policy in ``text``; raises PolicyError listing every problem (sorted by line)."""
+def _compose(text: str, filename: str, loader: type[yaml.SafeLoader]) -> Node | None:
+    """The root node of the single YAML document in ``text`` (None when there is none).
+
+    PyYAML's composers recurse once per level of nesting (deep input ends in a
+    RecursionError, or in libyaml's own limit then the pure-Python fallback's
+    RecursionError); this one keeps an explicit stack, bounded by MAX_DEPTH, and counts
+    nodes against MAX_NODES. Raises yaml.YAMLError for invalid YAML, _Limit past a bound.
+    """
+    parser: Any = loader(text)  # the stubs leave the event API untyped
     try:
-        root = yaml.compose(text, Loader=_LOADER)
+        parser.get_event()  # stream start
+        if parser.check_event(StreamEndEvent):
+            return None
+        parser.get_event()  # document start
+        anchors: dict[str, Node] = {}
+        stack: list[tuple[CollectionNode, list[Node]]] = []  # open collections, pending key
+        root: Node | None = None
+        nodes = 0
+        while root is None:
+            event: Any = parser.get_event()
+            if not isinstance(event, NodeEvent):  # the end of a collection
+                done, _ = stack.pop()
+                done.end_mark = event.end_mark
+                if not stack:
+                    root = done
+                continue
+            line = _event_line(event)
+            nodes += 1
+            if nodes > MAX_NODES:
+                message = f"more than {MAX_NODES} YAML nodes; the limit is {MAX_NODES}"
+                raise _Limit([Problem(filename, line, message)])
+            node = _node(parser, event, anchors)
+            if stack:
+                parent, pending = stack[-1]
+                if isinstance(parent, SequenceNode):
+                    parent.value.append(node)
+                elif not pending:
+                    pending.append(node)  # a key: its value comes next
+                else:
+                    parent.value.append((pending.pop(), node))
+            if isinstance(event, CollectionStartEvent):
+                assert isinstance(node, CollectionNode)
+                if len(stack) >= MAX_DEPTH:
+                    message = f"YAML nested more than {MAX_DEPTH} levels deep"
+                    raise _Limit([Problem(filename, line, message)])
+                stack.append((node, []))
+            elif not stack:
+                root = node  # a document that is a single scalar
+        end = parser.get_event()
+        assert isinstance(end, DocumentEndEvent)
+        if not parser.check_event(StreamEndEvent):
+            first: Any = root.start_mark
+            raise ComposerError(
+                "expected a single document in the stream",
+                first,
+                "but found another document",
+                parser.get_event().start_mark,
+            )
+        return root
+    finally:
+        parser.dispose()
+
+
+def _event_line(event: Any) -> int:
+    return int(event.start_mark.line) + 1
+
+
+def _node(parser: Any, event: Any, anchors: dict[str, Node]) -> Node:
+    """The node an event starts: a new one, or the one an alias names."""
+    start: Any = event.start_mark
+    end: Any = event.end_mark
+    if isinstance(event, AliasEvent):
+        if event.anchor not in anchors:
+            raise ComposerError(None, None, f"found undefined alias {event.anchor!r}", start)
+        return anchors[event.anchor]
+    if event.anchor is not None and event.anchor in anchors:
+        raise ComposerError(
+            f"found duplicate anchor {event.anchor!r}; first occurrence",
+            anchors[event.anchor].start_mark,
+            "second occurrence",
+            start,
+        )
+    node: Node
+    tag = event.tag
+    if isinstance(event, ScalarEvent):
+        if tag is None or tag == "!":
+            tag = parser.resolve(ScalarNode, event.value, event.implicit)
+        node = ScalarNode(tag, event.value, start, end, style=event.style)
+    else:
+        assert isinstance(event, SequenceStartEvent | MappingStartEvent)
+        kind = SequenceNode if isinstance(event, SequenceStartEvent) else MappingNode
+        if tag is None or tag == "!":
+            tag = parser.resolve(kind, None, event.implicit)
+        node = kind(tag, [], start, None, flow_style=event.flow_style)
+    if event.anchor is not None:
+        anchors[event.anchor] = node
+    return node
+
+
+def parse_policy(text: str, filename: str) -> PolicyFile:
+    """The policy in ``text``; raises PolicyError listing every problem (sorted by line).
+
+    Never raises anything else for any input: bounds crossed are problems too.
+    """
+    try:
+        return _parse(text, filename)
+    except _Limit as exc:
+        raise PolicyError(exc.problems) from None
+    except RecursionError:  # the bounds above should make this unreachable
+        raise PolicyError(
+            [Problem(filename, 0, f"nested too deeply to check (limit {MAX_DEPTH} levels)")]
+        ) from None
+
+
+def _parse(text: str, filename: str) -> PolicyFile:
+    try:
+        root = _compose(text, filename, _LOADER)
     except yaml.YAMLError:
         try:  # the pure-Python loader words syntax errors best; rare path
-            root = yaml.compose(text, Loader=yaml.SafeLoader)
+            root = _compose(text, filename, yaml.SafeLoader)
         except yaml.YAMLError as exc:
             raise PolicyError([_yaml_problem(filename, text, exc)]) from None
     if root is None or _is_null(root):
@@ -608,20 +868,77 @@ def parse_policy(text: str, filename: str) -> PolicyFile:
     return _build(top, filename)
 
 
-def load_policy(path: str | Path) -> PolicyFile:
-    """The policy in the file at ``path``; raises PolicyError (line 0 if unreadable)."""
-    name = str(path)
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise PolicyError([Problem(name, 0, f"cannot read policy file: {reason}")]) from None
+def parse_policy_bytes(data: bytes, filename: str) -> PolicyFile:
+    """The policy in a file's bytes (UTF-8); raises PolicyError as ``parse_policy`` does."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        raise PolicyError([Problem(name, line, "not UTF-8 text")]) from None
-    return parse_policy(text, name)
+        raise PolicyError([Problem(filename, line, "not UTF-8 text")]) from None
+    return parse_policy(text, filename)
+
+
+_FILE_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def _refuse(name: str, mode: int) -> None:
+    """Raise for anything but a regular file: IsADirectoryError, or PolicyError."""
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), name)
+    kind = _FILE_KINDS.get(stat.S_IFMT(mode), "a special file")
+    raise PolicyError([Problem(name, 0, f"cannot read policy file: not a regular file but {kind}")])
+
+
+def _too_big(name: str, size: str) -> PolicyError:
+    message = f"cannot read policy file: the file is {size} bytes, the limit is {MAX_FILE_BYTES}"
+    return PolicyError([Problem(name, 0, message)])
+
+
+def read_policy_file(path: str | Path) -> bytes:
+    """The bytes of the regular file at ``path``, at most MAX_FILE_BYTES of them.
+
+    Never blocks on a FIFO or a device: the path is stat'ed first, opened non-blocking,
+    and the open file checked again (the path may be swapped in between). Raises
+    OSError when the file cannot be read, PolicyError (line 0) when it is not a
+    regular file or is too big.
+    """
+    name = str(path)
+    _refuse(name, os.stat(path).st_mode)
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
+    fd = os.open(path, flags)
+    try:
+        st = os.fstat(fd)
+        _refuse(name, st.st_mode)
+        if st.st_size > MAX_FILE_BYTES:
+            raise _too_big(name, str(st.st_size))
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := os.read(fd, MAX_FILE_BYTES + 1 - size):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_FILE_BYTES:  # grown since the fstat
+                raise _too_big(name, f"more than {MAX_FILE_BYTES}")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def load_policy(path: str | Path) -> PolicyFile:
+    """The policy in the file at ``path``; raises PolicyError (line 0 if unreadable)."""
+    name = str(path)
+    try:
+        data = read_policy_file(path)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise PolicyError([Problem(name, 0, f"cannot read policy file: {reason}")]) from None
+    return parse_policy_bytes(data, name)
 
 
 def check_files(paths: Sequence[str]) -> list[str]:

@@ -14,6 +14,11 @@ Decisions:
   policy stays in force. A forced ``reload`` always reports its outcome.
 - ``start`` loads the file once before polling, so ``on_change`` (or ``on_error``)
   has seen the current file when it returns.
+- Every failure (unreadable, not a regular file, too big, invalid, past a bound of the
+  loader, even a loader bug) goes to ``on_error`` once per distinct content, never
+  escapes a tick, and leaves the fingerprint recorded so that the next tick does not
+  read the same file again. Reading never blocks: a FIFO or a device swapped in at the
+  path is refused at once, so SIGHUP, later edits and ``stop`` keep working.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import signal
 from collections.abc import Callable
 from typing import NamedTuple
 
-from proxy.policy.load import PolicyError, Problem, parse_policy
+from proxy.policy.load import PolicyError, Problem, parse_policy_bytes, read_policy_file
 from proxy.policy.model import PolicyFile
 
 __all__ = ["PolicyWatcher"]
@@ -54,19 +59,25 @@ def _fingerprint(path: str) -> _Fingerprint | None:
 
 
 def _read(path: str) -> tuple[str, PolicyFile | PolicyError]:
-    """SHA-256 of the file's bytes and what they parse to; raises OSError if unreadable."""
-    with open(path, "rb") as f:
-        data = f.read()
+    """A key for the file's content and what it parses to; raises OSError if unreadable.
+
+    The key is the SHA-256 of the bytes, or, for a file refused before reading (not a
+    regular file, too big), the reason. Never blocks on a FIFO or a device, and never
+    raises anything but OSError: every other failure is a PolicyError to report.
+    """
+    try:
+        data = read_policy_file(path)
+    except PolicyError as exc:
+        return f"refused: {exc}", exc
     digest = hashlib.sha256(data).hexdigest()
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        return digest, PolicyError([Problem(path, line, "not UTF-8 text")])
-    try:
-        return digest, parse_policy(text, path)
+        return digest, parse_policy_bytes(data, path)
     except PolicyError as exc:
         return digest, exc
+    except Exception as exc:  # a loader bug or MemoryError: reported, counted, never a crash
+        log.error("policy file could not be checked", extra={"path": path}, exc_info=exc)
+        problem = Problem(path, 0, f"cannot check policy file: {type(exc).__name__}: {exc}")
+        return digest, PolicyError([problem])
 
 
 class PolicyWatcher:

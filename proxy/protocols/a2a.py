@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
+from proxy.protocols.jsonrpc import DuplicateKeyError
 from proxy.protocols.mcp import METHODS as _MCP_METHODS
 
 VERSION_HEADER: Final = "A2A-Version"
@@ -256,14 +257,48 @@ def looks_like_a2a(method: str | None, path: str, headers: Mapping[str, str]) ->
 
 
 # --- ids in params, bodies and results ----------------------------------------------
+#
+# The proxy reads a request's context and task as the upstream's parsers do, or refuses
+# it (issue 11, finding 2). Those parsers, in a2a-sdk 1.3:
+# - v1.0 JSON-RPC params and REST bodies: ProtoJSON (`json_format.ParseDict`/`Parse`,
+#   unknown fields ignored). A field is found by its lowerCamel json_name or its proto
+#   name (`contextId` or `context_id`); given both, the LAST one in the object wins and
+#   a null clears the field.
+# - v0.3 JSON-RPC params: pydantic models with `validate_by_name` and camelCase aliases;
+#   given both spellings, the ALIAS wins.
+# - v0.3 REST bodies: the v0.3 proto, whose SendMessageRequest names the message
+#   `request` (json_name `message`): both keys reach the same field.
+# A mapping that names one of the fields the proxy reads in two spellings is therefore
+# refused (`AmbiguousFieldError`, a `DuplicateKeyError`: invalid request), as is a field
+# the proxy would read but the upstream's generation ignores: `request` outside the v0.3
+# REST binding, `taskId` in the v0.3 push-config get/list/delete (v0.3 names the task
+# `id` there). `check_request` applies these rules; `context_id` and `task_id` raise the
+# same error rather than pick a spelling, so an unchecked request never reads as one.
+
+
+class AmbiguousFieldError(DuplicateKeyError):
+    """A request names a field the upstream may read differently from the proxy: in two
+    spellings (`contextId` and `context_id`), or where the upstream does not look."""
 
 
 def _str(obj: Mapping[str, object], camel: str, snake: str) -> str | None:
     # ProtoJSON parsers (v1.0) and the v0.3 pydantic models accept both spellings.
-    value = obj.get(camel)
-    if value is None:
+    if camel in obj:
+        if snake in obj:
+            raise AmbiguousFieldError(f"{camel} and {snake} in one object")
+        value = obj[camel]
+    else:
         value = obj.get(snake)
     return value if isinstance(value, str) and value else None
+
+
+def _message(params: Mapping[str, object]) -> object:
+    # `request` is the v0.3 REST proto's name for the field whose json_name is `message`.
+    if "message" in params:
+        if "request" in params:
+            raise AmbiguousFieldError("message and request in one object")
+        return params["message"]
+    return params.get("request")
 
 
 def _task_from_name(name: object) -> str | None:
@@ -280,15 +315,22 @@ _TASK_ID_AS_ID_OPS: Final = frozenset({GET_TASK.name, CANCEL_TASK.name, SUBSCRIB
 _PUSH_OPS: Final = frozenset(
     {GET_PUSH_CONFIG.name, LIST_PUSH_CONFIGS.name, DELETE_PUSH_CONFIG.name}
 )
+_LEGACY_PUSH_METHODS: Final = frozenset(
+    name
+    for op in (GET_PUSH_CONFIG, LIST_PUSH_CONFIGS, DELETE_PUSH_CONFIG)
+    if (name := op.legacy_name) is not None
+)
 
 
 def context_id(op: A2aOp, params: object) -> str | None:
     """The contextId a request names: `message.contextId` of a send, `contextId` of
-    ListTasks (its filter). Works on JSON-RPC params and REST bodies alike."""
+    ListTasks (its filter). Works on JSON-RPC params and REST bodies alike.
+
+    Raises `AmbiguousFieldError` when a field it reads has two spellings in `params`."""
     if not isinstance(params, dict):
         return None
     if op.name in _MESSAGE_OPS:
-        message = params.get("message")
+        message = _message(params)
         return _str(message, "contextId", "context_id") if isinstance(message, dict) else None
     if op.name == LIST_TASKS.name:
         return _str(params, "contextId", "context_id")
@@ -301,12 +343,13 @@ def task_id(op: A2aOp, params: object) -> str | None:
     Sends: `message.taskId`. GetTask, CancelTask, SubscribeToTask: `id` (both
     generations). Create/set push config: `taskId`. Get/list/delete push config:
     `taskId` (v1.0) else `id` (v0.3). REST requests carry the task in the path instead.
+    Raises `AmbiguousFieldError` when a field it reads has two spellings in `params`.
     """
     if not isinstance(params, dict):
         return None
     name = op.name
     if name in _MESSAGE_OPS:
-        message = params.get("message")
+        message = _message(params)
         return _str(message, "taskId", "task_id") if isinstance(message, dict) else None
     if name in _TASK_ID_AS_ID_OPS:
         found = params.get("id")
@@ -322,6 +365,22 @@ def task_id(op: A2aOp, params: object) -> str | None:
         found = params.get("id")
         return found if isinstance(found, str) and found else None
     return None
+
+
+def check_request(
+    op: A2aOp, params: object, method: str | None = None, *, legacy_rest: bool = False
+) -> None:
+    """Raise `AmbiguousFieldError` unless the upstream reads `params` as `context_id` and
+    `task_id` do (see above). `method` is the JSON-RPC method as sent (None for REST);
+    `legacy_rest` marks a body of the v0.3 REST binding."""
+    context_id(op, params)
+    task_id(op, params)
+    if not isinstance(params, dict):
+        return
+    if op.name in _MESSAGE_OPS and "request" in params and not legacy_rest:
+        raise AmbiguousFieldError("request is a field of the v0.3 REST binding only")
+    if method in _LEGACY_PUSH_METHODS and ("taskId" in params or "task_id" in params):
+        raise AmbiguousFieldError("v0.3 names the task id; taskId is not read upstream")
 
 
 _WRAPPERS: Final = ("task", "message", "statusUpdate", "artifactUpdate")

@@ -1,4 +1,20 @@
-"""What a request is: protocol, binding and the parsed JSON-RPC body. Pure, no I/O."""
+"""What a request is: protocol, binding and the parsed JSON-RPC body. Pure, no I/O.
+
+Every POST body is read by `jsonrpc.read_body`: judged as JSON whenever it parses,
+whatever its Content-Type, refused when it might be JSON but cannot be read as the
+upstream would, and opaque only when it is clearly not JSON (issue 11, finding 1).
+
+The protocol of a JSON-RPC body follows from this request alone (finding 4): `--protocol`
+when forced; else any MCP method in the body (every element of a batch counts) makes it
+MCP and any A2A method A2A. A body naming both is refused (invalid request), and so is
+`tasks/get` or `tasks/cancel` (MCP 2025-11-25 and A2A 0.3 alike) whose params name the
+task both ways (`taskId` and `id`). Only a body without a method of either protocol falls
+back to the request's headers. Nothing earlier requests revealed plays a part.
+
+An A2A body is a single message: the A2A SDK refuses batches, and the proxy judges an
+A2A request by its one context and task. Its fields are checked by `a2a.check_request`
+(finding 2): a field in two spellings is refused like a duplicate key.
+"""
 
 from __future__ import annotations
 
@@ -18,12 +34,7 @@ class Binding(enum.Enum):
     OPAQUE = "opaque"  # anything else (MCP GET streams, DELETE, static files): AIP-193
 
 
-_JSON_TYPES = ("application/json", "application/a2a+json", "application/json-rpc")
-
-
-def is_json_type(content_type: str) -> bool:
-    base = content_type.partition(";")[0].strip().lower()
-    return base in _JSON_TYPES or base.endswith("+json")
+is_json_type = jsonrpc.is_json_type
 
 
 def reads_body(method: str) -> bool:
@@ -32,7 +43,8 @@ def reads_body(method: str) -> bool:
 
 
 def looks_like_json(body: bytes) -> bool:
-    return body.lstrip(b" \t\r\n")[:1] in (b"{", b"[")
+    """True unless ``body`` is clearly not a JSON object or array, in any encoding."""
+    return jsonrpc.might_be_json(body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +62,8 @@ class Classified:
 
     @property
     def a2a_op(self) -> a2a.A2aOp | None:
-        """The A2A operation: of the REST route, or of the (first) JSON-RPC method."""
+        """The A2A operation: of the REST route, or of the JSON-RPC method (A2A bodies
+        are single messages)."""
         if self.protocol != "a2a":
             return None
         if self.rest is not None:
@@ -59,16 +72,14 @@ class Classified:
         return a2a.op_for_method(method) if method is not None else None
 
 
-def _protocol_of_method(method: str | None, params: Any) -> Protocol:
-    if method is None:
-        return "unknown"
+def _protocol_of_method(method: str, params: Any) -> Protocol | Literal["conflict"]:
     is_mcp = mcp.is_mcp_method(method)
     is_a2a = a2a.op_for_method(method) is not None
     if is_mcp and is_a2a:  # tasks/get and tasks/cancel: MCP 2025-11-25 and A2A 0.3 alike
-        # MCP names the task `taskId`, A2A 0.3 `id`.
+        # MCP names the task `taskId`, A2A 0.3 `id`; naming both reads differently upstream.
         if isinstance(params, dict):
             if "taskId" in params:
-                return "mcp"
+                return "conflict" if "id" in params else "mcp"
             if "id" in params:
                 return "a2a"
         return "unknown"
@@ -77,12 +88,77 @@ def _protocol_of_method(method: str | None, params: Any) -> Protocol:
     return "a2a" if is_a2a else "unknown"
 
 
+def _protocol_of_messages(messages: tuple[jsonrpc.Message, ...]) -> Protocol | None:
+    """The protocol every method of the body names; None when they disagree."""
+    found: set[Protocol] = set()
+    for message in messages:
+        if message.method is None:
+            continue
+        protocol = _protocol_of_method(message.method, message.params)
+        if protocol == "conflict":
+            return None
+        if protocol != "unknown":
+            found.add(protocol)
+    if len(found) > 1:
+        return None
+    return found.pop() if found else "unknown"
+
+
 def _protocol_of_headers(headers: Mapping[str, str]) -> Protocol:
     if mcp.SESSION_HEADER in headers or mcp.PROTOCOL_VERSION_HEADER in headers:
         return "mcp"
     if "A2A-Version" in headers:
         return "a2a"
     return "unknown"
+
+
+def _values(headers: Mapping[str, str], name: str) -> list[str]:
+    """Every value of a header: an upstream may read any of them."""
+    getall = getattr(headers, "getall", None)
+    if getall is not None:
+        return [str(v) for v in getall(name, ())]
+    value = headers.get(name)
+    return [] if value is None else [value]
+
+
+def _read(headers: Mapping[str, str], body: bytes) -> jsonrpc.Json | jsonrpc.Invalid | None:
+    # The body is what goes up: aiohttp inflated any gzip/deflate/br/zstd coding and the
+    # forwarder drops Content-Encoding, so the coding is not read here.
+    return jsonrpc.read_body(body, _values(headers, "Content-Type"))
+
+
+def _a2a_problem(body: jsonrpc.Body) -> jsonrpc.Invalid | None:
+    """Why an A2A JSON-RPC body cannot be judged as the upstream reads it, if it cannot."""
+    if body.batch:
+        return jsonrpc.Invalid(False, None, "A2A does not take batches")
+    message = body.messages[0]
+    op = a2a.op_for_method(message.method) if message.method is not None else None
+    if op is None:
+        return None
+    try:
+        a2a.check_request(op, message.params, message.method)
+    except a2a.AmbiguousFieldError as exc:
+        return jsonrpc.Invalid(False, message.id, str(exc))
+    return None
+
+
+def _classify_rest(
+    rest: a2a.RestMatch, headers: Mapping[str, str], body: bytes | None
+) -> Classified:
+    if not body:
+        return Classified("a2a", Binding.REST, rest=rest)
+    read = _read(headers, body)
+    if read is None:  # not JSON; a wrong content type is the agent's to refuse
+        return Classified("a2a", Binding.REST, rest=rest)
+    if isinstance(read, jsonrpc.Invalid):
+        return Classified("a2a", Binding.REST, invalid=read, rest=rest)
+    if rest.task_id is None:  # otherwise the path names the task and the body is not read
+        try:
+            a2a.check_request(rest.op, read.value, legacy_rest=rest.legacy)
+        except a2a.AmbiguousFieldError as exc:
+            invalid = jsonrpc.Invalid(False, None, str(exc))
+            return Classified("a2a", Binding.REST, invalid=invalid, rest=rest)
+    return Classified("a2a", Binding.REST, rest=rest, rest_doc=read.value)
 
 
 def classify(
@@ -95,45 +171,47 @@ def classify(
 ) -> Classified:
     """Classify one request; ``headers`` must be case-insensitive (a CIMultiDict).
 
-    ``hint`` is what earlier requests revealed about the upstream; it settles
-    method names that both protocols use.
+    ``hint`` is accepted for compatibility and ignored: what other requests revealed
+    never decides how this one is judged (issue 11, finding 4).
     """
+    del hint
     if forced != "mcp":
         rest = a2a.classify_rest(method, path)
         if rest is not None:
-            if not body or not (
-                is_json_type(headers.get("Content-Type", "")) or looks_like_json(body)
-            ):  # nothing to read; a wrong content type is the agent's to refuse
-                return Classified("a2a", Binding.REST, rest=rest)
-            try:
-                doc = jsonrpc.loads_strict(body)
-            except jsonrpc.DuplicateKeyError:
-                invalid = jsonrpc.Invalid(False, None, "duplicate key in JSON object")
-                return Classified("a2a", Binding.REST, invalid=invalid, rest=rest)
-            except (ValueError, RecursionError):
-                invalid = jsonrpc.Invalid(True, None, "body is not valid JSON")
-                return Classified("a2a", Binding.REST, invalid=invalid, rest=rest)
-            return Classified("a2a", Binding.REST, rest=rest, rest_doc=doc)
-    if body is not None and (
-        is_json_type(headers.get("Content-Type", "")) or looks_like_json(body)
-    ):
-        parsed = jsonrpc.parse(body)
-        if isinstance(parsed, jsonrpc.Invalid):
-            protocol: Protocol = forced if forced != "auto" else _protocol_of_headers(headers)
-            return Classified(protocol, Binding.JSONRPC, invalid=parsed)
-        if forced != "auto":
-            protocol = forced
-        else:
-            params = next((m.params for m in parsed.messages if m.method is not None), None)
-            protocol = _protocol_of_method(parsed.first_method, params)
-            if protocol == "unknown":
-                protocol = _protocol_of_headers(headers)
-            if protocol == "unknown":
-                protocol = hint
-        return Classified(protocol, Binding.JSONRPC, body=parsed)
+            return _classify_rest(rest, headers, body)
+    if body is not None:
+        read = _read(headers, body)
+        if read is None and not body and any(map(is_json_type, _values(headers, "Content-Type"))):
+            read = jsonrpc.Invalid(True, None, "body is not valid JSON")  # empty JSON body
+        if read is not None:
+            return _classify_jsonrpc(read, headers, forced)
     if forced != "auto":
         return Classified(forced, Binding.OPAQUE)
     protocol = _protocol_of_headers(headers)
     if protocol == "unknown" and a2a.is_agent_card_path(path):
         protocol = "a2a"
     return Classified(protocol, Binding.OPAQUE)
+
+
+def _classify_jsonrpc(
+    read: jsonrpc.Json | jsonrpc.Invalid,
+    headers: Mapping[str, str],
+    forced: Literal["auto", "mcp", "a2a"],
+) -> Classified:
+    fallback: Protocol = forced if forced != "auto" else _protocol_of_headers(headers)
+    parsed = jsonrpc.parse_doc(read.value) if isinstance(read, jsonrpc.Json) else read
+    if isinstance(parsed, jsonrpc.Invalid):
+        return Classified(fallback, Binding.JSONRPC, invalid=parsed)
+    protocol: Protocol | None = (
+        forced if forced != "auto" else _protocol_of_messages(parsed.messages)
+    )
+    if protocol is None:
+        invalid = jsonrpc.Invalid(False, None, "a body MCP and A2A would read differently")
+        return Classified(fallback, Binding.JSONRPC, invalid=invalid)
+    if protocol == "unknown":
+        protocol = fallback
+    if protocol == "a2a":
+        problem = _a2a_problem(parsed)
+        if problem is not None:
+            return Classified("a2a", Binding.JSONRPC, invalid=problem)
+    return Classified(protocol, Binding.JSONRPC, body=parsed)

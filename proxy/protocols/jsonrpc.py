@@ -1,10 +1,42 @@
-"""JSON-RPC 2.0 messages as the proxy sees them: parsed once, pure, no I/O."""
+"""JSON-RPC 2.0 messages as the proxy sees them: parsed once, pure, no I/O.
+
+How a POST body is read (issue 11, findings 1 and 19). The proxy forwards the bytes it
+received, so it must read them exactly as the upstream will, or refuse them: fail closed.
+
+1. Encoding, as ``json.loads(bytes)`` detects it (``json.detect_encoding``; the A2A SDK
+   and MCP's stateless transport call ``json.loads`` on the raw body, whatever the
+   Content-Type; MCP's other transports use pydantic's parser, which reads only UTF-8
+   without a BOM, a subset): UTF-8 with or without a BOM, UTF-16 and UTF-32 with a BOM
+   or by the pattern of NUL bytes. The body is decoded strictly: invalid sequences and lone
+   surrogates, which ``json.loads`` lets through ('surrogatepass'), are refused (-32700).
+2. JSON, as ``json.loads`` reads it, but stricter: a duplicate key anywhere is refused
+   (-32600, parsers disagree on which copy wins), and so are ``NaN``, ``Infinity``,
+   ``-Infinity`` and numbers that overflow to infinity such as ``1e400`` (-32700; they are
+   not JSON). Integers of any size (below ``json``'s digit limit) stay exact.
+3. A body that parses is judged as JSON whatever its Content-Type says. A declared
+   ``charset`` must decode the body to the same text (a leading BOM aside); if it does
+   not, or Python does not know it, the body is refused 415 (``Invalid.unsupported``):
+   a server that honours the charset would read something else. (Content codings are
+   not this module's: aiohttp inflates a gzip/deflate/br/zstd body before it is read, and
+   the forwarder sends the inflated bytes up without ``Content-Encoding``.)
+4. A body that does not parse passes as opaque (unjudged) only when it is clearly not
+   JSON: no declared JSON Content-Type, plain ``json.loads(bytes)`` refuses it too, and
+   in none of the encodings a server might pick (the detected one, UTF-8, UTF-16 LE/BE,
+   UTF-32 LE/BE, the declared charset) does its first significant character, after any
+   whitespace, control characters and BOMs, open an object or an array; a declared
+   charset Python cannot decode rules nothing out. Everything else is refused: -32700,
+   or 415 when its declared charset disagrees with its bytes.
+   An empty body reads as opaque; callers decide what an empty JSON body means.
+"""
 
 from __future__ import annotations
 
+import codecs
 import json
+import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 JsonRpcId = str | int | float | None
 
@@ -22,13 +54,177 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-_decode = json.JSONDecoder(object_pairs_hook=_no_duplicates).decode
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError("number out of range")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_decode = json.JSONDecoder(
+    object_pairs_hook=_no_duplicates, parse_float=_finite_float, parse_constant=_no_constant
+).decode
+
+
+def detect_encoding(body: bytes) -> str:
+    """The encoding ``json.loads(bytes)`` reads ``body`` in (CPython's own detection)."""
+    return json.detect_encoding(body)
+
+
+def decode_text(body: bytes) -> str:
+    """``body`` as text, in the encoding ``json.loads`` detects; strict (raises ValueError)."""
+    return body.decode(detect_encoding(body))
 
 
 def loads_strict(body: bytes) -> Any:
-    """``json.loads`` that refuses duplicate keys; raises ``ValueError`` on any defect."""
-    text = body.decode("utf-8")  # RFC 8259: JSON exchanged between systems is UTF-8
-    return _decode(text)
+    """``json.loads(body)`` as the upstream runs it, minus what it should never accept.
+
+    Raises ``DuplicateKeyError`` for a repeated key and ``ValueError`` (or
+    ``RecursionError``) for anything else: invalid encoding, non-finite numbers, bad JSON.
+    """
+    return _decode(decode_text(body))
+
+
+def loads_like_stdlib(body: bytes) -> bool:
+    """True when plain ``json.loads(body)`` accepts ``body`` (what the A2A SDK runs)."""
+    try:
+        json.loads(body)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+# --- what a body is: JSON, refused, or opaque -----------------------------------------
+
+# Characters no JSON parser reads as a value but one might skip: whitespace of every
+# kind, C0 controls, DEL, BOMs (and a byte-swapped one), zero-width characters.
+_SKIP: Final = (
+    "".join(
+        chr(c)
+        for c in range(0x3000 + 1)
+        if chr(c).isspace() or c < 0x20 or c == 0x7F or c in (0x200B, 0x200C, 0x200D, 0x2060)
+    )
+    + "\ufeff\ufffe"
+)
+_SNIFF_CHUNK: Final = 4096
+# Encodings a server might read a body in, besides the detected one and a declared one.
+_SNIFF_ENCODINGS: Final = ("utf-8", "utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be")
+
+
+def _is_text_codec(name: str) -> bool:
+    try:
+        b"".decode(name)  # LookupError for unknown and bytes-to-bytes codecs (base64, zlib)
+    except (LookupError, ValueError):
+        return False
+    return True
+
+
+def _opens_structure(body: bytes, encoding: str) -> bool:
+    """Does ``body``, read in ``encoding``, start (after skippable characters) with { or [?"""
+    decoder = codecs.getincrementaldecoder(encoding)("replace")
+    size = len(body)
+    for start in range(0, size, _SNIFF_CHUNK):
+        end = start + _SNIFF_CHUNK
+        try:
+            text = decoder.decode(body[start:end], final=end >= size)
+        except (ValueError, TypeError):
+            return True  # a codec that cannot even read it leniently: assume the worst
+        stripped = text.lstrip(_SKIP)
+        if stripped:
+            return stripped[0] in "{["
+    return False
+
+
+def might_be_json(body: bytes, charsets: Iterable[str] = ()) -> bool:
+    """True unless ``body`` is clearly not a JSON object or array in any encoding a server
+    might read it in (the detected one, UTF-8/16/32, each declared charset). A declared
+    charset Python cannot decode counts as "might be": it cannot be ruled out."""
+    encodings = dict.fromkeys((detect_encoding(body), *_SNIFF_ENCODINGS))
+    for charset in charsets:
+        if not _is_text_codec(charset):
+            return True
+        encodings[charset] = None
+    return any(_opens_structure(body, encoding) for encoding in encodings)
+
+
+def charset_of(content_type: str) -> str | None:
+    """The ``charset`` parameter of a Content-Type value, unquoted; None when absent or
+    empty (a server falls back to its default then)."""
+    for param in content_type.split(";")[1:]:
+        key, sep, value = param.partition("=")
+        if sep and key.strip().lower() == "charset":
+            return value.strip().strip('"').strip() or None
+    return None
+
+
+def _charset_agrees(body: bytes, text: str, detected: str, charset: str) -> bool:
+    """Does a server that honours ``charset`` read the text the proxy judged?"""
+    try:
+        declared = codecs.lookup(charset).name
+        if declared == codecs.lookup(detected).name or (
+            declared == "utf-8" and detected == "utf-8-sig"
+        ):
+            return True
+        other = body.decode(charset)
+    except (LookupError, ValueError):
+        return False
+    return other.removeprefix("\ufeff") == text.removeprefix("\ufeff")
+
+
+@dataclass(frozen=True, slots=True)
+class Json:
+    """A body read as JSON: ``value`` is the document (any JSON value)."""
+
+    value: Any
+
+
+def read_body(body: bytes, content_types: Sequence[str] = ()) -> Json | Invalid | None:
+    """Read a POST body (as it goes up) as the upstream would (see the module docstring).
+
+    ``content_types`` are every value of the Content-Type header. Returns the JSON
+    document, an ``Invalid`` to refuse (``unsupported`` means 415, ``parse_error`` -32700,
+    else -32600), or None: not JSON, forwarded unjudged.
+    """
+    if not body:
+        return None
+    charsets = [c for c in map(charset_of, content_types) if c is not None]
+    detected = detect_encoding(body)
+    failure: Invalid | None = None
+    doc: Any = None
+    try:
+        doc = loads_strict(body)
+    except DuplicateKeyError:
+        failure = Invalid(False, None, "duplicate key in JSON object")
+    except (ValueError, RecursionError):
+        failure = Invalid(True, None, "body is not valid JSON")
+    if failure is None:
+        if not charsets:
+            return Json(doc)
+        text = decode_text(body)
+        if all(_charset_agrees(body, text, detected, c) for c in charsets):
+            return Json(doc)
+        return Invalid(False, None, "charset does not match the body", unsupported=True)
+    declared_json = any(is_json_type(c) for c in content_types)
+    if not (declared_json or might_be_json(body, charsets) or loads_like_stdlib(body)):
+        return None  # clearly not JSON: opaque
+    if charsets:
+        text = body.decode(detected, "replace")
+        if not all(_charset_agrees(body, text, detected, c) for c in charsets):
+            return Invalid(False, None, "charset does not match the body", unsupported=True)
+    return failure
+
+
+_JSON_TYPES: Final = ("application/json", "application/a2a+json", "application/json-rpc")
+
+
+def is_json_type(content_type: str) -> bool:
+    """A JSON media type (``application/json``, ``application/a2a+json``, ``*+json``...)."""
+    base = content_type.partition(";")[0].strip().lower()
+    return base in _JSON_TYPES or base.endswith("+json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,11 +267,14 @@ class Body:
 
 @dataclass(frozen=True, slots=True)
 class Invalid:
-    """Why a body is not valid JSON-RPC; ``parse_error`` selects -32700 over -32600."""
+    """Why a body is refused: ``unsupported`` means 415 (a charset or content coding the
+    proxy cannot read as the upstream would), else ``parse_error`` selects -32700 over
+    -32600 (invalid request)."""
 
     parse_error: bool
     id: JsonRpcId  # echoed when readable, else None
     detail: str
+    unsupported: bool = False
 
 
 def _valid_id(value: Any) -> bool:
@@ -113,6 +312,11 @@ def parse(body: bytes) -> Body | Invalid:
         return Invalid(False, None, "duplicate key in JSON object")
     except (ValueError, RecursionError):
         return Invalid(True, None, "body is not valid JSON")
+    return parse_doc(doc)
+
+
+def parse_doc(doc: Any) -> Body | Invalid:
+    """A parsed JSON document as JSON-RPC: one message or a batch, element by element."""
     if isinstance(doc, list):
         if not doc:
             return Invalid(False, None, "empty batch")

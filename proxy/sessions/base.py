@@ -21,6 +21,19 @@ UNLIMITED: Final = 2**53
 """A count limit that is not set (contract: unset limits are no limits). Exact as a double,
 so the Redis store's Lua numbers hold it too."""
 
+DEFAULT_MAX_SESSIONS: Final = 100_000
+"""Live sessions (windows included) plus pending reservations, proxy-wide: past it a new
+session or window is refused with OVERLOADED (``LimitKind.SESSIONS``)."""
+
+DEFAULT_MAX_TOMBSTONES: Final = 1_000_000
+"""Ended sessions still remembered (for ``tombstone_ttl``), proxy-wide: past it a new
+session or window is refused with OVERLOADED (``LimitKind.TOMBSTONES``). A tombstone is
+never forgotten early: another agent would find the id unknown and could adopt it."""
+
+DEFAULT_MAX_TASK_LINKS: Final = 1_000_000
+"""A2A task-to-context links, proxy-wide: past it ``link_task`` refuses a new task with
+OVERLOADED (``LimitKind.TASK_LINKS``) rather than forget a link still in force."""
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -58,6 +71,8 @@ class LimitKind(enum.Enum):
     TTL = "ttl"
     IDLE = "idle_timeout"
     SESSIONS = "max_sessions"  # the proxy-wide cap on live sessions: OVERLOADED
+    TOMBSTONES = "max_tombstones"  # the proxy-wide bound on ended sessions remembered
+    TASK_LINKS = "max_task_links"  # the proxy-wide bound on A2A task links
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,14 +126,37 @@ class SessionInfo:
 
 
 class SessionStore(Protocol):
-    """Session state and counters. ``now`` is unix time in seconds, passed in for testing."""
+    """Session state and counters. ``now`` is unix time in seconds, passed in for testing.
+
+    Proxy-wide bounds (set when the store is made, defaults above), none of which ever
+    forgets something still in force to make room; each refuses what is new instead:
+
+    - ``max_sessions``: live sessions (windows too) plus pending reservations. ``reserve``
+      and a ``window`` that would open a new one answer OVERLOADED (``LimitKind.SESSIONS``)
+      at the bound. Closing, expiry, ``release`` and a lapsed reservation free a place.
+    - ``max_tombstones``: ended sessions remembered for ``tombstone_ttl`` (so their id
+      keeps answering SESSION_CLOSED / SESSION_EXPIRED / AGENT_MISMATCH). At the bound
+      ``reserve`` and a new ``window`` answer OVERLOADED (``LimitKind.TOMBSTONES``); a
+      tombstone goes only when its time is up, so there are at most ``max_tombstones``
+      plus ``max_sessions`` of them.
+    - ``max_task_links``: A2A task-to-context links. A link lasts as long as its
+      context's session is remembered (live, then its tombstone); a link to a context
+      the store does not know lasts ``task_ttl``. At the bound ``link_task`` refuses a
+      new task (OVERLOADED, ``LimitKind.TASK_LINKS``) and, until the context it was
+      refused for is forgotten, ``task_context`` answers OVERLOADED for any task it does
+      not know: it can no longer tell a task never seen from the one it refused.
+    """
 
     async def reserve(self, agent: str, limits: Limits, now: float) -> str | Denial:
         """Hold one of the agent's ``max_per_agent`` places before a session is born.
 
-        Returns a reservation token, or a TOO_MANY_SESSIONS denial. The place is freed
-        by ``bind`` (it becomes the session) or ``release``; an unbound reservation
-        lapses by itself after a short while (the store's choice, about a minute).
+        Returns a reservation token, or a denial: TOO_MANY_SESSIONS (``LimitKind.CAP``,
+        the agent's cap, judged first), else OVERLOADED (``LimitKind.SESSIONS`` or
+        ``LimitKind.TOMBSTONES``: the proxy-wide bounds, whatever ``max_per_agent`` says,
+        so an uncapped retry can still be refused). The place is freed by ``bind`` (it
+        becomes the session) or ``release``; an unbound reservation lapses by itself after
+        a short while (the store's choice, about a minute). A reservation counts against
+        both the agent's cap and ``max_sessions``.
         """
         ...
 
@@ -138,16 +176,23 @@ class SessionStore(Protocol):
     ) -> None:
         """Turn a reservation into a live session; ``counted`` calls are charged at birth.
 
-        ``grant`` (minted sessions) is kept as given and returned by ``get``.
+        ``grant`` (minted sessions) is kept as given and returned by ``get``. Never
+        refuses: the place was counted when it was reserved (a reservation that lapsed
+        before its bind still binds, so ``max_sessions`` can be passed by the binds of
+        reservations lapsed within the upstream's timeout). Task links made earlier to
+        this id, while the store did not know it, become the session's.
         """
         ...
 
-    async def window(self, agent: str, protocol: str, limits: Limits, now: float) -> str:
+    async def window(self, agent: str, protocol: str, limits: Limits, now: float) -> str | Denial:
         """The id of the agent's current window, opened now when it has none live.
 
         A window ends after ``ttl`` or ``idle_timeout`` like any session (later checks of
         its id answer SESSION_EXPIRED); the agent's next call here opens a new one. Windows
-        do not count against ``max_per_agent``. Atomic: concurrent callers share one window.
+        do not count against ``max_per_agent`` but do count against ``max_sessions``:
+        opening one past the proxy-wide bounds answers OVERLOADED (``LimitKind.SESSIONS``
+        or ``LimitKind.TOMBSTONES``), as ``reserve`` does; a live window is returned
+        whatever the bounds. Atomic: concurrent callers share one window.
         """
         ...
 
@@ -187,12 +232,30 @@ class SessionStore(Protocol):
 
     async def get(self, session_id: str) -> SessionInfo | None: ...
 
-    async def link_task(self, task_id: str, context_id: str, now: float) -> None:
-        """Remember that an A2A task belongs to a context (a session), as a response said."""
+    async def link_task(self, task_id: str, context_id: str, now: float) -> Denial | None:
+        """Remember that an A2A task belongs to a context (a session), as a response said.
+
+        None when remembered (or re-linked: the last context said wins). The link lasts
+        as long as the context's session is remembered, live or as a tombstone, however
+        long that turns out to be; a link to a context the store does not know lasts
+        ``task_ttl`` (and becomes the session's if that id is bound meanwhile). A new task
+        past ``max_task_links`` is refused: OVERLOADED (``LimitKind.TASK_LINKS``), and
+        the store is unsure of unknown tasks until that context is forgotten (see
+        ``task_context``). Never forgets another link to make room.
+        """
+        ...
+
+    async def task_context(self, task_id: str, now: float) -> str | Denial | None:
+        """The context a task is linked to; None for a task the store has never been told
+        of (or whose context it has forgotten too); OVERLOADED (``LimitKind.TASK_LINKS``)
+        when it does not know the task and cannot be sure it was never told of it: a link
+        was refused for a context still remembered (or, for an unknown context, within
+        ``task_ttl``). The gate refuses such a request rather than treat it as new."""
         ...
 
     async def context_of(self, task_id: str) -> str | None:
-        """The context a task was linked to, if the store still knows it."""
+        """The context a task was linked to, if the store knows it. Cannot say "unsure":
+        prefer ``task_context``."""
         ...
 
     async def sessions(self, now: float) -> list[SessionInfo]:

@@ -11,6 +11,9 @@ from typing import TYPE_CHECKING
 
 from proxy.errors import E
 from proxy.sessions.base import (
+    DEFAULT_MAX_SESSIONS,
+    DEFAULT_MAX_TASK_LINKS,
+    DEFAULT_MAX_TOMBSTONES,
     UNLIMITED,
     Call,
     Denial,
@@ -25,8 +28,8 @@ if TYPE_CHECKING:
     from proxy.sessions.base import SessionStore
 
 RESERVATION_TTL = 60.0  # seconds an unbound reservation holds its place in the cap
-TOMBSTONES = 100_000  # ended sessions remembered, oldest forgotten first
-TOMBSTONE_TTL = 3600.0  # seconds an ended session is remembered at most
+TOMBSTONE_TTL = 3600.0  # seconds an ended session is remembered (never fewer: see base)
+TASK_TTL = 3600.0  # seconds a link to a context the store does not know is remembered
 STATE_TTL = 3600.0  # seconds an MCP requestState stays redeemable
 STATES = 100_000  # requestStates remembered, oldest forgotten first
 WINDOW_PREFIX = "aww-"  # agent windows: ids the proxy makes, never seen by an upstream
@@ -42,6 +45,7 @@ _EXPIRED = Outcome(session=Denial(E.SESSION_EXPIRED))
 _NO_CALLS = Outcome()
 _ONE_ALLOWED = Outcome(calls=(None,))
 _PLAIN = {reason: Denial(reason) for reason in E}
+_GONE = 0.0  # what an ended session's bucket and heap deadline become: one shared float
 
 
 class _Session:
@@ -61,6 +65,7 @@ class _Session:
         "protocol",
         "proxy_issued",
         "stamp",
+        "tasks",
         "tokens",
         "tools",
         "used",
@@ -94,6 +99,7 @@ class _Session:
         self.ended: E | None = None  # SESSION_CLOSED or SESSION_EXPIRED once a tombstone
         self.ended_at = now
         self.proxy_issued = proxy_issued
+        self.tasks: list[str] | None = None  # A2A tasks linked to it: forgotten with it
 
     def info(self) -> SessionInfo:
         return SessionInfo(
@@ -143,8 +149,14 @@ def _refill(s: _Session, per_minute: int, now: float) -> float:
     return per_minute if tokens > per_minute else tokens
 
 
-TASK_LINKS = 200_000
-"""A2A task-to-context links kept (most recent first); about 150 bytes each."""
+class _Orphans:
+    """Task links to a context the store does not know (yet), until ``lapse``."""
+
+    __slots__ = ("lapse", "tasks")
+
+    def __init__(self, lapse: float) -> None:
+        self.lapse = lapse
+        self.tasks: list[str] = []
 
 
 class MemoryStore:
@@ -162,36 +174,58 @@ class MemoryStore:
     is due with a heap of deadlines (an idle deadline moves later with use: a popped
     entry that is not yet due is pushed back at its new deadline). An ended session
     leaves a tombstone, so later requests get SESSION_CLOSED or SESSION_EXPIRED (and
-    AGENT_MISMATCH for another agent) rather than SESSION_NOT_FOUND; tombstones are
-    bounded in number and dropped by ``sweep`` after an hour.
+    AGENT_MISMATCH for another agent) rather than SESSION_NOT_FOUND; a tombstone is
+    forgotten ``tombstone_ttl`` after the end, never sooner (by ``sweep``, or by a
+    ``reserve``, ``window`` or ``link_task`` that finds a bound reached).
 
-    The cap counts an agent's live sessions plus its pending reservations. Closing frees
-    a place at once; expiry frees it at the agent's next ``reserve`` or at ``sweep``; a
-    reservation never bound nor released lapses after a minute. Binding an id that
-    already exists keeps the existing session (a race adopted it first): the reservation
-    is freed and, for the same agent, the ``counted`` calls are charged to it. A closed
-    or expired id is never reborn while its tombstone lasts.
+    The cap counts an agent's live sessions plus its pending reservations; the
+    proxy-wide ``max_sessions`` counts every live session and window plus every pending
+    reservation, ``max_tombstones`` the tombstones (see ``base.SessionStore``). Closing
+    frees a place at once; expiry frees it at the agent's next ``reserve`` or at
+    ``sweep`` (a proxy-wide place also at a ``reserve`` or new ``window`` that finds the
+    bound reached: only then does it end what is due, so answers below the bounds are
+    the Redis store's); a reservation never bound nor released lapses after a minute.
+    Binding an id that already exists keeps the existing session (a race adopted it
+    first): the reservation is freed and, for the same agent, the ``counted`` calls are
+    charged to it. A closed or expired id is never reborn while its tombstone lasts.
+
+    A2A task links belong to their context's session record (``_Session.tasks``) and
+    are forgotten with its tombstone; links to a context with no record are kept apart
+    (``_orphans``) for ``task_ttl``. None is ever dropped to make room: past
+    ``max_task_links`` a new link is refused and its context noted as doubted
+    (``_doubted``; ``_doubt_until`` for a context with no record), and ``task_context``
+    answers "unsure" for unknown tasks until that context is forgotten.
     """
 
     def __init__(
         self,
         *,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        max_tombstones: int = DEFAULT_MAX_TOMBSTONES,
+        max_task_links: int = DEFAULT_MAX_TASK_LINKS,
         reservation_ttl: float = RESERVATION_TTL,
-        tombstones: int = TOMBSTONES,
         tombstone_ttl: float = TOMBSTONE_TTL,
+        task_ttl: float = TASK_TTL,
     ) -> None:
+        self._max_sessions = max_sessions
+        self._max_tombstones = max_tombstones
+        self._max_task_links = max_task_links
         self._reservation_ttl = reservation_ttl
-        self._tombstone_cap = tombstones
         self._tombstone_ttl = tombstone_ttl
+        self._task_ttl = task_ttl
         self._live: dict[str, _Session] = {}
         self._ended: OrderedDict[str, _Session] = OrderedDict()  # in the order they ended
         self._agents: dict[str, _Agent] = {}  # only agents holding a session or reservation
         self._pending: OrderedDict[str, _Agent] = OrderedDict()  # in the order they lapse
         self._heap: list[tuple[float, str]] = []  # (deadline, session id)
-        self._tasks: OrderedDict[str, str] = OrderedDict()  # A2A task id -> context id
+        self._tasks: dict[str, str] = {}  # A2A task id -> context id
+        self._orphans: OrderedDict[str, _Orphans] = OrderedDict()  # context -> in lapse order
+        self._doubted: set[str] = set()  # contexts with a record that a link was refused for
+        self._doubt_until = 0.0  # ... and for contexts with none: unsure until then
         self._windows: dict[str, _Session] = {}  # agent -> its current window
         self._states: OrderedDict[tuple[str, str], float] = OrderedDict()  # -> when it lapses
         self._serial = itertools.count(1)
+        self._unreported = 0  # sessions ``live_count`` ended, for the next ``sweep`` to report
 
     # --- the cap ------------------------------------------------------------------------
 
@@ -200,11 +234,15 @@ class MemoryStore:
         if record is not None:
             self._prune(record, limits, now)
             record = self._agents.get(agent)  # pruning drops a record left empty
-        if record is None:
-            record = self._agents[agent] = _Agent(agent)
-        held = len(record.sessions) + len(record.pending)
+        held = 0 if record is None else len(record.sessions) + len(record.pending)
         if held >= limits.max_per_agent:
             return Denial(E.TOO_MANY_SESSIONS, LimitKind.CAP, limits.max_per_agent, held)
+        full = self._full(now)
+        if full is not None:
+            return full
+        record = self._agents.get(agent)  # making room may have ended its last session
+        if record is None:
+            record = self._agents[agent] = _Agent(agent)
         token = f"r{next(self._serial)}"
         record.pending[token] = now + self._reservation_ttl
         self._pending[token] = record
@@ -236,6 +274,9 @@ class MemoryStore:
             return
         s = _Session(session_id, agent, protocol, limits, now, proxy_issued, counted, kind, grant)
         self._live[session_id] = s
+        orphans = self._orphans.pop(session_id, None)
+        if orphans is not None:  # links made while the id was unknown: the session's now
+            s.tasks = orphans.tasks
         if kind is not Kind.WINDOW:  # a window is outside the cap, however it was born
             record = self._agents.get(agent)
             if record is None:
@@ -246,12 +287,15 @@ class MemoryStore:
     async def release(self, reservation: str) -> None:
         self._unreserve(reservation)
 
-    async def window(self, agent: str, protocol: str, limits: Limits, now: float) -> str:
+    async def window(self, agent: str, protocol: str, limits: Limits, now: float) -> str | Denial:
         s = self._windows.get(agent)
         if s is not None and s.ended is None and _expiry(s, limits, now) is None:
             return s.id
         if s is not None and s.ended is None:
             self._end(s, E.SESSION_EXPIRED, now)
+        full = self._full(now)
+        if full is not None:
+            return full
         session_id = WINDOW_PREFIX + secrets.token_urlsafe(16)
         s = _Session(session_id, agent, protocol, limits, now, False, 0, Kind.WINDOW)
         self._live[session_id] = s
@@ -360,13 +404,48 @@ class MemoryStore:
         s = self._live.get(session_id) or self._ended.get(session_id)
         return None if s is None else s.info()
 
-    async def link_task(self, task_id: str, context_id: str, now: float) -> None:
+    async def link_task(self, task_id: str, context_id: str, now: float) -> Denial | None:
         tasks = self._tasks
-        if task_id in tasks:
-            tasks.move_to_end(task_id)
+        known = tasks.get(task_id)
+        if known is None and len(tasks) >= self._max_task_links:
+            self._forget(now)  # what is past its time goes first: nothing else ever does
+            if len(tasks) >= self._max_task_links:
+                if context_id in self._live or context_id in self._ended:
+                    self._doubted.add(context_id)
+                else:
+                    self._doubt_until = max(self._doubt_until, now + self._task_ttl)
+                return Denial(E.OVERLOADED, LimitKind.TASK_LINKS, self._max_task_links, len(tasks))
+        if known is not None and known != context_id:
+            self._unlink(task_id, known)
+        holder = self._live.get(context_id) or self._ended.get(context_id)
+        if holder is not None:
+            if known != context_id:
+                if holder.tasks is None:
+                    holder.tasks = [task_id]
+                else:
+                    holder.tasks.append(task_id)
+        else:  # a context the store does not know: all its links lapse together
+            orphans = self._orphans.pop(context_id, None)
+            if orphans is None:
+                orphans = _Orphans(now + self._task_ttl)
+            orphans.lapse = max(orphans.lapse, now + self._task_ttl)
+            self._orphans[context_id] = orphans  # at the end: the latest to lapse
+            if known != context_id:
+                orphans.tasks.append(task_id)
         tasks[task_id] = context_id
-        if len(tasks) > TASK_LINKS:  # bounded: the oldest links go first
-            tasks.popitem(last=False)
+        return None
+
+    async def task_context(self, task_id: str, now: float) -> str | Denial | None:
+        found = self._tasks.get(task_id)
+        if found is not None:
+            return found
+        if self._doubted:
+            self._forget(now)  # a doubted context past its time takes the doubt with it
+        if self._doubted or now < self._doubt_until:
+            return Denial(
+                E.OVERLOADED, LimitKind.TASK_LINKS, self._max_task_links, len(self._tasks)
+            )
+        return None
 
     async def context_of(self, task_id: str) -> str | None:
         return self._tasks.get(task_id)
@@ -375,25 +454,19 @@ class MemoryStore:
         return [s.info() for s in self._live.values() if _deadline(s, s.limits) > now]
 
     async def live_count(self, now: float) -> int:
-        """Exact by the limits each session was last judged by: what is due ends first."""
-        self._expire_due(now)
+        """Exact by the limits each session was last judged by: what is due ends first.
+
+        The sessions it ends are reported by the next ``sweep``, as if it had ended them.
+        """
+        self._unreported += self._expire_due(now)
         return len(self._live)
 
     # --- housekeeping -------------------------------------------------------------------
 
     async def sweep(self, now: float) -> int:
-        ended = self._expire_due(now)
-        while self._pending:
-            token, record = next(iter(self._pending.items()))
-            if record.pending[token] > now:
-                break
-            self._unreserve(token)
-        states = self._states
-        while states and next(iter(states.values())) <= now:
-            states.popitem(last=False)
-        horizon = now - self._tombstone_ttl
-        while self._ended and next(iter(self._ended.values())).ended_at <= horizon:
-            self._ended.popitem(last=False)
+        ended = self._expire_due(now) + self._unreported
+        self._unreported = 0
+        self._forget(now)
         return ended
 
     async def healthy(self) -> bool:
@@ -403,6 +476,69 @@ class MemoryStore:
         return None
 
     # --- internals ----------------------------------------------------------------------
+
+    def _full(self, now: float) -> Denial | None:
+        """The proxy-wide bounds. Only at a bound does it end what is due and forget what
+        is past its time (the sessions it ends are reported by the next ``sweep``)."""
+        if not self._at_bound():
+            return None
+        self._unreported += self._expire_due(now)
+        self._forget(now)
+        held = len(self._live) + len(self._pending)
+        if held >= self._max_sessions:
+            return Denial(E.OVERLOADED, LimitKind.SESSIONS, self._max_sessions, held)
+        ended = len(self._ended)
+        if ended >= self._max_tombstones:
+            return Denial(E.OVERLOADED, LimitKind.TOMBSTONES, self._max_tombstones, ended)
+        return None
+
+    def _at_bound(self) -> bool:
+        return (
+            len(self._live) + len(self._pending) >= self._max_sessions
+            or len(self._ended) >= self._max_tombstones
+        )
+
+    def _forget(self, now: float) -> None:
+        """Drop what is past its time, oldest first: lapsed reservations, requestStates,
+        tombstones (and their task links), links to unknown contexts. O(1) amortized."""
+        while self._pending:
+            token, record = next(iter(self._pending.items()))
+            if record.pending[token] > now:
+                break
+            self._unreserve(token)
+        states = self._states
+        while states and next(iter(states.values())) <= now:
+            states.popitem(last=False)
+        horizon = now - self._tombstone_ttl
+        ended = self._ended
+        while ended and next(iter(ended.values())).ended_at <= horizon:
+            _, s = ended.popitem(last=False)
+            self._drop_links(s.id, s.tasks)
+            self._doubted.discard(s.id)
+        orphans = self._orphans
+        while orphans and next(iter(orphans.values())).lapse <= now:
+            context_id, gone = orphans.popitem(last=False)
+            self._drop_links(context_id, gone.tasks)
+
+    def _drop_links(self, context_id: str, held: list[str] | None) -> None:
+        if held is not None:
+            tasks = self._tasks
+            for task_id in held:
+                if tasks.get(task_id) == context_id:
+                    del tasks[task_id]
+
+    def _unlink(self, task_id: str, context_id: str) -> None:
+        """Take a task out of its old context's list: it is being linked elsewhere."""
+        holder = self._live.get(context_id) or self._ended.get(context_id)
+        if holder is not None:
+            if holder.tasks is not None and task_id in holder.tasks:
+                holder.tasks.remove(task_id)
+            return
+        orphans = self._orphans.get(context_id)
+        if orphans is not None and task_id in orphans.tasks:
+            orphans.tasks.remove(task_id)
+            if not orphans.tasks:
+                del self._orphans[context_id]
 
     def _push(self, s: _Session, deadline: float) -> None:
         s.due = deadline
@@ -457,9 +593,8 @@ class MemoryStore:
         s.ended = reason
         s.ended_at = now
         s.tools = None
-        self._ended[s.id] = s
-        if len(self._ended) > self._tombstone_cap:
-            self._ended.popitem(last=False)
+        s.tokens = s.stamp = s.due = _GONE  # a tombstone keeps what check and get show
+        self._ended[s.id] = s  # never evicted: forgotten tombstone_ttl after the end only
 
     def _drop_if_empty(self, record: _Agent) -> None:
         if not record.sessions and not record.pending:

@@ -15,7 +15,11 @@ Keys, all under the prefix (default ``agent-warden:``):
                  sessions that have one: the JSON as given), created, last_used, used,
                  tokens, stamp, proxy_issued, ttl and idle_timeout (the limits it was
                  last judged by, for ``sweep``), and once it ends: ended
-                 (closed|expired), ended_at. Expires at its deadline plus the tombstone
+                 (closed|expired), ended_at. With task links: hold (until when they are
+                 held: the longest the hash can last, created + ttl + the tombstone
+                 hour, then its end plus the hour once it ends; pushed later only when
+                 the hash would outlive it, a reload raising ``ttl``), and doubt (1) if a
+                 link was refused for it. Expires at its deadline plus the tombstone
                  hour; an ended session keeps answering SESSION_CLOSED or
                  SESSION_EXPIRED until then.
 ``t:{session}``  hash: calls per budgeted tool. Same expiry; deleted when the session ends.
@@ -28,9 +32,21 @@ Keys, all under the prefix (default ``agent-warden:``):
                  window, ids ``aww-...``). Same expiry as the window's ``s:`` hash;
                  deleted when that window ends, so the next ``window`` opens a new one.
 ``live``         sorted set: live session ids (windows too) by deadline, for
-                 ``sessions``, ``live_count`` and ``sweep``. Expires an hour after its
-                 latest deadline.
-``k:{task}``     string: the A2A context of a task. Expires a day after it was linked.
+                 ``sessions``, ``live_count``, ``sweep`` and ``max_sessions``. Expires an
+                 hour after its latest deadline.
+``r``            sorted set: every pending reservation's nonce by when it lapses, for
+                 ``max_sessions`` (live sessions plus pending reservations).
+``e``            sorted set: every tombstone's id by when it is forgotten (its end plus
+                 the tombstone hour), for ``max_tombstones``.
+``k:{task}``     string: the A2A context of a task. Expires when its context's ``s:``
+                 hash can no longer exist: the context's ``hold``; for a context with no
+                 hash, ``task_ttl`` after the last link to it.
+``x:{context}``  set: the tasks linked to a context; same expiry as its links.
+``n``            sorted set: every task link by when it expires, for ``max_task_links``.
+``d``            sorted set: contexts a link was refused for (the store is full), by
+                 their ``hold``: while one is there, an unknown task is "unsure".
+``u``            string: the same for refused links to contexts with no hash: unsure
+                 until then (the caller's clock).
 ``q:{n}:{session}:{state}``  string: a remembered MCP requestState (``n`` is the length
                  of the session id, so ids with colons stay unambiguous); the value is
                  when it lapses (the caller's clock). Expires after the hour; taken
@@ -42,7 +58,9 @@ leaves the bucket alone, as the memory store does.
 
 Expiries are relative (PEXPIRE of the caller's deadline minus the caller's ``now``), so a
 clock skew between replicas and Redis moves when memory is reclaimed, never a decision.
-Index TTLs are only ever extended; a session's own TTL follows its deadline.
+Index TTLs are only ever extended; a session's own TTL follows its deadline. The
+proxy-wide counts (``r``, ``e``, ``n``, ``d``) count members scored after the caller's
+now, so a member past its time counts for nothing before ``sweep`` removes it.
 
 Faults: a connection error, a timeout, LOADING, READONLY, MASTERDOWN, OOM or BUSY raise
 ``StoreUnavailable``. A script whose pooled connection turns out closed (the server
@@ -68,6 +86,9 @@ from redis.backoff import NoBackoff
 
 from proxy.errors import E
 from proxy.sessions.base import (
+    DEFAULT_MAX_SESSIONS,
+    DEFAULT_MAX_TASK_LINKS,
+    DEFAULT_MAX_TOMBSTONES,
     UNLIMITED,
     Call,
     Denial,
@@ -78,7 +99,7 @@ from proxy.sessions.base import (
     SessionInfo,
     StoreUnavailable,
 )
-from proxy.sessions.memory import STATE_TTL, WINDOW_PREFIX
+from proxy.sessions.memory import STATE_TTL, TASK_TTL, TOMBSTONE_TTL, WINDOW_PREFIX
 
 if TYPE_CHECKING:
     from redis.commands.core import AsyncScript
@@ -87,8 +108,6 @@ if TYPE_CHECKING:
 
 DEFAULT_PREFIX = "agent-warden:"
 RESERVATION_TTL = 60.0  # seconds an unbound reservation holds its place in the cap
-TOMBSTONE_TTL = 3600.0  # seconds an ended session is remembered
-TASK_TTL = 86400.0  # seconds an A2A task-to-context link is remembered
 SWEEP_BATCH = 500  # sessions examined per sweep script: Redis is never blocked for long
 
 # Connection defaults; the URL's own query parameters (socket_timeout, ...) win.
@@ -150,6 +169,32 @@ local function refill(tokens, stamp, per_minute, now)
   if tokens > per_minute then tokens = per_minute end
   return tokens, stamp
 end
+-- Every task link of a context expires at `until` (the caller's clock).
+local function hold_links(P, id, until_, now)
+  local m = ms(until_ - now)
+  local tasks = P .. 'x:' .. id
+  for _, task in ipairs(redis.call('SMEMBERS', tasks)) do
+    local link = P .. 'k:' .. task
+    if redis.call('GET', link) == id then
+      redis.call('PEXPIRE', link, m)
+      redis.call('ZADD', P .. 'n', num(until_), task)
+    else
+      redis.call('SREM', tasks, task)
+    end
+  end
+  redis.call('PEXPIRE', tasks, m)
+  extend(P .. 'n', m)
+end
+-- A session's links, and a doubt about it, are held as long as its hash can last.
+local function hold(P, id, until_, now)
+  local key = P .. 's:' .. id
+  redis.call('HSET', key, 'hold', num(until_))
+  hold_links(P, id, until_, now)
+  if redis.call('HEXISTS', key, 'doubt') == 1 then
+    redis.call('ZADD', P .. 'd', num(until_), id)
+    extend(P .. 'd', ms(until_ - now))
+  end
+end
 local function finish(P, id, agent, reason, now, tomb)
   local key = P .. 's:' .. id
   redis.call('HSET', key, 'ended', reason, 'ended_at', num(now))
@@ -159,6 +204,19 @@ local function finish(P, id, agent, reason, now, tomb)
   redis.call('ZREM', P .. 'a:' .. agent, 's:' .. id)
   local window = P .. 'w:' .. agent
   if redis.call('GET', window) == id then redis.call('DEL', window) end
+  redis.call('ZADD', P .. 'e', num(now + tomb), id)
+  extend(P .. 'e', ms(tomb))
+  if redis.call('HEXISTS', key, 'hold') == 1 then hold(P, id, now + tomb, now) end
+end
+-- The proxy-wide bounds at `at` (the caller's now, as given): nil, or what is full.
+local function full(P, at, max_sessions, max_tombstones)
+  local after = '(' .. at
+  local held = redis.call('ZCOUNT', P .. 'live', after, '+inf')
+    + redis.call('ZCOUNT', P .. 'r', after, '+inf')
+  if held >= max_sessions then return held, 'max_sessions' end
+  local ended = redis.call('ZCOUNT', P .. 'e', after, '+inf')
+  if ended >= max_tombstones then return ended, 'max_tombstones' end
+  return nil
 end
 -- A window (kind 'window') is outside the cap: its agent's window key follows it instead.
 local function touch(P, id, agent, due, now, tomb, kind)
@@ -180,7 +238,8 @@ end
 )
 
 # KEYS: agent set. ARGV: prefix, now, ttl, idle_timeout, max_per_agent, nonce,
-# reservation ttl, tombstone ttl, agent. Returns {1, held} or {0, held}.
+# reservation ttl, tombstone ttl, agent, max_sessions, max_tombstones.
+# Returns {1, held, ''} or {0, held, the limit: max_per_agent|max_sessions|max_tombstones}.
 _RESERVE = (
     _LIB
     + r"""
@@ -203,10 +262,14 @@ for i = 1, #held, 2 do
   end
 end
 local count = redis.call('ZCARD', KEYS[1])
-if count >= cap then return {0, count} end
+if count >= cap then return {0, count, 'max_per_agent'} end
+local used, limit = full(P, ARGV[2], tonumber(ARGV[10]), tonumber(ARGV[11]))
+if used then return {0, used, limit} end
 redis.call('ZADD', KEYS[1], num(now + rttl), 'r:' .. ARGV[6])
 extend(KEYS[1], ms(rttl))
-return {1, count}
+redis.call('ZADD', P .. 'r', num(now + rttl), ARGV[6])
+extend(P .. 'r', ms(rttl))
+return {1, count, ''}
 """
 )
 
@@ -219,18 +282,22 @@ _BIND = (
     + r"""
 local P, now, id, agent = ARGV[1], tonumber(ARGV[2]), ARGV[4], ARGV[5]
 local counted, per_minute, tomb = tonumber(ARGV[8]), tonumber(ARGV[11]), tonumber(ARGV[12])
-if ARGV[3] ~= '' then redis.call('ZREM', KEYS[2], 'r:' .. ARGV[3]) end
+if ARGV[3] ~= '' then
+  redis.call('ZREM', KEYS[2], 'r:' .. ARGV[3])
+  redis.call('ZREM', P .. 'r', ARGV[3])
+end
 local h = redis.call('HMGET', KEYS[1], 'agent', 'ended', 'created', 'last_used', 'used',
-  'tokens', 'stamp', 'ttl', 'idle_timeout', 'kind')
+  'tokens', 'stamp', 'ttl', 'idle_timeout', 'kind', 'hold')
 if h[1] then
   if h[2] or h[1] ~= agent then return 0 end
   local last = math.max(tonumber(h[4]), now)
   local tokens, stamp = refill(tonumber(h[6]), tonumber(h[7]), per_minute, now)
   redis.call('HSET', KEYS[1], 'last_used', num(last), 'tokens', num(tokens - counted),
     'stamp', num(stamp), 'used', num(tonumber(h[5]) + counted))
-  local created = tonumber(h[3])
-  local due = deadline(created, last, tonumber(h[8]), tonumber(h[9]))
+  local created, lttl = tonumber(h[3]), tonumber(h[8])
+  local due = deadline(created, last, lttl, tonumber(h[9]))
   touch(P, id, agent, due, now, tomb, h[10])
+  if h[11] and due + tomb > tonumber(h[11]) then hold(P, id, created + lttl + tomb, now) end
   return 2
 end
 local ttl, idle = tonumber(ARGV[9]), tonumber(ARGV[10])
@@ -240,6 +307,8 @@ redis.call('HSET', KEYS[1], 'agent', agent, 'protocol', ARGV[6], 'kind', ARGV[13
   'proxy_issued', ARGV[7], 'ttl', ARGV[9], 'idle_timeout', ARGV[10])
 if ARGV[14] == '1' then redis.call('HSET', KEYS[1], 'grant', ARGV[15]) end
 touch(P, id, agent, deadline(now, now, ttl, idle), now, tomb, ARGV[13])
+-- Links made while the id was unknown are the session's now.
+if redis.call('EXISTS', P .. 'x:' .. id) == 1 then hold(P, id, now + ttl + tomb, now) end
 return 1
 """
 )
@@ -256,7 +325,7 @@ local P, now, agent, id = ARGV[1], tonumber(ARGV[2]), ARGV[8], ARGV[9]
 local ttl, idle, calls = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local per_minute, tomb = tonumber(ARGV[6]), tonumber(ARGV[7])
 local h = redis.call('HMGET', KEYS[1], 'agent', 'ended', 'created', 'last_used', 'used',
-  'tokens', 'stamp', 'ended_at', 'ttl', 'idle_timeout', 'kind')
+  'tokens', 'stamp', 'ended_at', 'ttl', 'idle_timeout', 'kind', 'hold')
 if not h[1] then return {'S', 'SESSION_NOT_FOUND'} end
 if h[1] ~= agent then return {'S', 'AGENT_MISMATCH'} end
 if h[2] == 'closed' then return {'S', 'SESSION_CLOSED'} end
@@ -319,7 +388,10 @@ for i = 10, #ARGV, 4 do decide(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]) e
 redis.call('HSET', KEYS[1], 'last_used', num(last), 'used', num(used), 'tokens', num(tokens),
   'stamp', num(stamp), 'ttl', ARGV[3], 'idle_timeout', ARGV[4])
 for tool in pairs(changed) do redis.call('HSET', KEYS[2], tool, spent[tool]) end
-touch(P, id, agent, deadline(created, last, ttl, idle), now, tomb, h[11])
+local due = deadline(created, last, ttl, idle)
+touch(P, id, agent, due, now, tomb, h[11])
+-- Its links outlast the hash; only a reload raising ttl can make this true.
+if h[12] and due + tomb > tonumber(h[12]) then hold(P, id, created + ttl + tomb, now) end
 return out
 """
 )
@@ -343,8 +415,9 @@ return 1
 )
 
 # KEYS: the agent's window key. ARGV: prefix, now, ttl, idle_timeout, per_minute,
-# tombstone ttl, agent, protocol, a fresh id. Returns the id of the agent's live window:
-# the current one, or the fresh id once the current one is gone or expired (ended here).
+# tombstone ttl, agent, protocol, a fresh id, max_sessions, max_tombstones. Returns
+# {1, id} for the agent's live window: the current one, or the fresh id once the current
+# one is gone or expired (ended here); {0, used, limit} when a new one would pass a bound.
 _WINDOW = (
     _LIB
     + r"""
@@ -355,22 +428,25 @@ local current = redis.call('GET', KEYS[1])
 if current then
   local h = redis.call('HMGET', P .. 's:' .. current, 'agent', 'ended', 'created', 'last_used')
   if h[1] and not h[2] then
-    if not expiry(tonumber(h[3]), tonumber(h[4]), ttl, idle, now) then return current end
+    if not expiry(tonumber(h[3]), tonumber(h[4]), ttl, idle, now) then return {1, current} end
     finish(P, current, h[1], 'expired', now, tomb)
   end
 end
+local used, limit = full(P, ARGV[2], tonumber(ARGV[10]), tonumber(ARGV[11]))
+if used then return {0, used, limit} end
 redis.call('HSET', P .. 's:' .. id, 'agent', agent, 'protocol', ARGV[8], 'kind', 'window',
   'created', ARGV[2], 'last_used', ARGV[2], 'used', '0',
   'tokens', num(math.min(per_minute, UNLIMITED)), 'stamp', ARGV[2], 'proxy_issued', '0',
   'ttl', ARGV[3], 'idle_timeout', ARGV[4])
 redis.call('SET', KEYS[1], id)
 touch(P, id, agent, deadline(now, now, ttl, idle), now, tomb, 'window')
-return id
+return {1, id}
 """
 )
 
 # KEYS: the live set. ARGV: prefix, now, batch size, tombstone ttl.
 # Returns {sessions ended, entries examined}; fewer examined than the batch: done.
+# Also drops, a batch each, the members of the counting sets that are past their time.
 _SWEEP = (
     _LIB
     + r"""
@@ -392,7 +468,84 @@ for _, id in ipairs(due) do
     end
   end
 end
-return {ended, #due}
+local examined = #due
+for _, name in ipairs({'r', 'e', 'n', 'd'}) do
+  local past = redis.call('ZRANGEBYSCORE', P .. name, '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])
+  if #past > 0 then redis.call('ZREM', P .. name, unpack(past)) end
+  if #past > examined then examined = #past end
+end
+return {ended, examined}
+"""
+)
+
+# ARGV: prefix, now, task, context, max_task_links, task ttl, tombstone ttl.
+# Returns {1} (linked), or {0, links} (refused: full; the context is doubted).
+_LINK = (
+    _LIB
+    + r"""
+local P, now, task, ctx = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local cap, orphan, tomb = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local link, key = P .. 'k:' .. task, P .. 's:' .. ctx
+local current = redis.call('GET', link)
+local h = redis.call('HMGET', key, 'agent', 'created', 'ttl', 'ended', 'ended_at', 'hold')
+local until_ = nil  -- the longest the context's hash can last: its links last as long
+if h[1] then
+  if h[4] then
+    until_ = tonumber(h[5]) + tomb
+  else
+    until_ = tonumber(h[2]) + tonumber(h[3]) + tomb
+  end
+  if h[6] and tonumber(h[6]) > until_ then until_ = tonumber(h[6]) end
+end
+if not current then
+  local count = redis.call('ZCOUNT', P .. 'n', '(' .. ARGV[2], '+inf')
+  if count >= cap then
+    if h[1] then
+      redis.call('HSET', key, 'doubt', '1')
+      hold(P, ctx, until_, now)
+    else
+      local doubt = P .. 'u'
+      if now + orphan > tonumber(redis.call('GET', doubt) or '0') then
+        redis.call('SET', doubt, num(now + orphan), 'PX', ms(orphan))
+      end
+    end
+    return {0, count}
+  end
+end
+if current ~= ctx then
+  if current then redis.call('SREM', P .. 'x:' .. current, task) end
+  redis.call('SET', link, ctx)
+  redis.call('SADD', P .. 'x:' .. ctx, task)
+end
+if not h[1] then
+  hold_links(P, ctx, now + orphan, now)  -- all of an unknown context's links lapse together
+elseif h[6] and tonumber(h[6]) >= until_ then
+  local m = ms(until_ - now)  -- the others are held that long already
+  redis.call('PEXPIRE', link, m)
+  redis.call('PEXPIRE', P .. 'x:' .. ctx, m)
+  redis.call('ZADD', P .. 'n', num(until_), task)
+  extend(P .. 'n', m)
+else
+  hold(P, ctx, until_, now)
+end
+return {1}
+"""
+)
+
+# ARGV: prefix, now, task. Returns {1, context}, {0} (unknown) or {2, links} (unsure).
+_TASK = (
+    _LIB
+    + r"""
+local P = ARGV[1]
+local ctx = redis.call('GET', P .. 'k:' .. ARGV[3])
+if ctx then return {1, ctx} end
+local after = '(' .. ARGV[2]
+local doubt = redis.call('GET', P .. 'u')
+if redis.call('ZCOUNT', P .. 'd', after, '+inf') > 0
+  or (doubt and tonumber(doubt) > tonumber(ARGV[2])) then
+  return {2, redis.call('ZCOUNT', P .. 'n', after, '+inf')}
+end
+return {0}
 """
 )
 
@@ -470,9 +623,10 @@ class RedisStore:
     """Sessions and counters in Redis or Valkey, shared by every replica that points there.
 
     Same answers as ``MemoryStore`` for the same calls (the shared suite proves it); the
-    differences are of scale: tombstones are bounded by time only (an hour), task links
-    by their TTL, and ``sessions`` reads the live set and then the hashes (a view, not a
-    snapshot).
+    differences are of scale and clock: a tombstone or a link past its time goes when
+    Redis expires its key (its clock), not at ``sweep``, and ``sessions`` reads the live
+    set and then the hashes (a view, not a snapshot). The proxy-wide bounds count every
+    replica's sessions: they are the same for all replicas (each passes its own).
     """
 
     def __init__(
@@ -480,6 +634,9 @@ class RedisStore:
         client: Redis,
         *,
         prefix: str = DEFAULT_PREFIX,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        max_tombstones: int = DEFAULT_MAX_TOMBSTONES,
+        max_task_links: int = DEFAULT_MAX_TASK_LINKS,
         reservation_ttl: float = RESERVATION_TTL,
         tombstone_ttl: float = TOMBSTONE_TTL,
         task_ttl: float = TASK_TTL,
@@ -487,9 +644,12 @@ class RedisStore:
     ) -> None:
         self._redis = client
         self._prefix = prefix
+        self._max_sessions = max_sessions
+        self._max_tombstones = max_tombstones
+        self._max_task_links = max_task_links
         self._reservation_ttl = reservation_ttl
         self._tombstone_ttl = tombstone_ttl
-        self._task_ttl_ms = max(1, round(task_ttl * 1000))
+        self._task_ttl = task_ttl
         self._state_ttl_ms = max(1, round(STATE_TTL * 1000))
         self._sweep_batch = sweep_batch
         self._live = prefix + "live"
@@ -501,12 +661,17 @@ class RedisStore:
         self._close = client.register_script(_CLOSE)
         self._window = client.register_script(_WINDOW)
         self._sweep = client.register_script(_SWEEP)
+        self._link = client.register_script(_LINK)
+        self._task = client.register_script(_TASK)
 
     @classmethod
     def from_url(
         cls,
         url: str,
         *,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        max_tombstones: int = DEFAULT_MAX_TOMBSTONES,
+        max_task_links: int = DEFAULT_MAX_TASK_LINKS,
         reservation_ttl: float = RESERVATION_TTL,
         tombstone_ttl: float = TOMBSTONE_TTL,
         task_ttl: float = TASK_TTL,
@@ -531,6 +696,9 @@ class RedisStore:
         return cls(
             Redis.from_pool(pool),
             prefix=prefix,
+            max_sessions=max_sessions,
+            max_tombstones=max_tombstones,
+            max_task_links=max_task_links,
             reservation_ttl=reservation_ttl,
             tombstone_ttl=tombstone_ttl,
             task_ttl=task_ttl,
@@ -573,7 +741,7 @@ class RedisStore:
 
     async def reserve(self, agent: str, limits: Limits, now: float) -> str | Denial:
         nonce = secrets.token_hex(8)
-        granted, held = await self._run(
+        granted, held, limit = await self._run(
             self._reserve,
             [self._agent_key(agent)],
             [
@@ -586,10 +754,14 @@ class RedisStore:
                 self._reservation_ttl,
                 self._tombstone_ttl,
                 agent,
+                self._max_sessions,
+                self._max_tombstones,
             ],
         )
         if not granted:
-            return Denial(E.TOO_MANY_SESSIONS, LimitKind.CAP, limits.max_per_agent, int(held))
+            if limit == LimitKind.CAP.value:
+                return Denial(E.TOO_MANY_SESSIONS, LimitKind.CAP, limits.max_per_agent, int(held))
+            return self._overloaded(limit, int(held))
         # The token names its agent: ``release`` is given nothing else.
         return f"{nonce}:{agent}"
 
@@ -634,9 +806,12 @@ class RedisStore:
         nonce, _, agent = reservation.partition(":")
         if agent:
             with _unavailable():
-                await self._redis.zrem(self._agent_key(agent), f"r:{nonce}")
+                pipe = self._redis.pipeline(transaction=True)
+                pipe.zrem(self._agent_key(agent), f"r:{nonce}")
+                pipe.zrem(f"{self._prefix}r", nonce)
+                await pipe.execute()
 
-    async def window(self, agent: str, protocol: str, limits: Limits, now: float) -> str:
+    async def window(self, agent: str, protocol: str, limits: Limits, now: float) -> str | Denial:
         opened = await self._run(
             self._window,
             [self._window_key(agent)],
@@ -650,9 +825,18 @@ class RedisStore:
                 agent,
                 protocol,
                 WINDOW_PREFIX + secrets.token_urlsafe(16),
+                self._max_sessions,
+                self._max_tombstones,
             ],
         )
-        return cast("str", opened)
+        if opened[0]:
+            return cast("str", opened[1])
+        return self._overloaded(opened[2], int(opened[1]))
+
+    def _overloaded(self, limit: str, used: int) -> Denial:
+        if limit == LimitKind.SESSIONS.value:
+            return Denial(E.OVERLOADED, LimitKind.SESSIONS, self._max_sessions, used)
+        return Denial(E.OVERLOADED, LimitKind.TOMBSTONES, self._max_tombstones, used)
 
     async def remember_state(self, session_id: str, state: str, now: float) -> None:
         with _unavailable():
@@ -722,9 +906,33 @@ class RedisStore:
             row = await self._redis.hmget(self._session_key(session_id), _INFO_FIELDS)
         return _info(session_id, cast("list[str | None]", row))
 
-    async def link_task(self, task_id: str, context_id: str, now: float) -> None:
-        with _unavailable():
-            await self._redis.set(f"{self._prefix}k:{task_id}", context_id, px=self._task_ttl_ms)
+    async def link_task(self, task_id: str, context_id: str, now: float) -> Denial | None:
+        reply = await self._run(
+            self._link,
+            [f"{self._prefix}k:{task_id}", self._session_key(context_id)],
+            [
+                self._prefix,
+                now,
+                task_id,
+                context_id,
+                self._max_task_links,
+                self._task_ttl,
+                self._tombstone_ttl,
+            ],
+        )
+        if reply[0]:
+            return None
+        return Denial(E.OVERLOADED, LimitKind.TASK_LINKS, self._max_task_links, int(reply[1]))
+
+    async def task_context(self, task_id: str, now: float) -> str | Denial | None:
+        reply = await self._run(
+            self._task, [f"{self._prefix}k:{task_id}"], [self._prefix, now, task_id]
+        )
+        if reply[0] == 1:
+            return cast("str", reply[1])
+        if reply[0] == 2:
+            return Denial(E.OVERLOADED, LimitKind.TASK_LINKS, self._max_task_links, int(reply[1]))
+        return None
 
     async def context_of(self, task_id: str) -> str | None:
         with _unavailable():

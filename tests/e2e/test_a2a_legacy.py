@@ -87,10 +87,20 @@ async def test_send_passes_and_garbage_is_invalid_agent_response(
         doc = await resp.json()
     assert doc["result"]["kind"] == "task"
     assert doc["result"]["contextId"]
+    # A method of neither protocol: no earlier request makes it A2A (hardening 4: no state
+    # shared between clients in classification), so the MCP/plain JSON-RPC reason applies.
     async with http.post(f"{proxy}/", json=rpc(legacy_a2a.GARBAGE_METHOD, 9), headers=JSON) as r:
         assert r.status == 200
         bad = await r.json()
     assert bad["id"] == 9
+    assert bad["error"]["code"] == -32603
+    assert infos(bad["error"]["data"])[0]["reason"] == "UPSTREAM_INVALID_RESPONSE"
+    # The same with A2A named by its header: the A2A reason.
+    headers = {**JSON, "A2A-Version": "0.3"}
+    async with http.post(
+        f"{proxy}/", json=rpc(legacy_a2a.GARBAGE_METHOD, 10), headers=headers
+    ) as r:
+        bad = await r.json()
     assert bad["error"]["code"] == -32006
     assert infos(bad["error"]["data"])[0]["reason"] == "INVALID_AGENT_RESPONSE"
 

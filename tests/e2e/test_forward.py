@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -176,11 +177,26 @@ async def test_hop_by_hop_dropped_both_ways_and_forwarding_headers_set(
     assert seen["x-forwarded-host"] == proxy.removeprefix("http://")
 
 
-async def test_forwarded_for_is_appended(proxy: str, http: ClientSession, broken: Broken) -> None:
-    async with http.get(f"{proxy}/hop", headers={"X-Forwarded-For": "10.0.0.1"}) as resp:
+async def test_client_forwarding_claims_are_replaced(
+    proxy: str, http: ClientSession, broken: Broken
+) -> None:
+    """Hardening 20: the client's own X-Forwarded-*, Forwarded and X-Real-IP never reach the
+    upstream; the proxy says who the client is."""
+    claims = {
+        "X-Forwarded-For": "10.0.0.1",
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "victim.example",
+        "Forwarded": "for=10.0.0.1;proto=https",
+        "X-Real-IP": "10.0.0.1",
+    }
+    async with http.get(f"{proxy}/hop", headers=claims) as resp:
         assert resp.status == 200
     seen = {k.lower(): v for k, v in broken.seen[-1]["headers"]}
-    assert seen["x-forwarded-for"] == "10.0.0.1, 127.0.0.1"
+    assert seen["x-forwarded-for"] == "127.0.0.1"
+    assert seen["x-forwarded-proto"] == "http"
+    assert seen["x-forwarded-host"] == proxy.removeprefix("http://")
+    assert "forwarded" not in seen
+    assert "x-real-ip" not in seen
 
 
 # -- what the proxy refuses itself ----------------------------------------------------------
@@ -265,10 +281,18 @@ async def test_error_status_on_plain_paths_becomes_aip193(
     assert "<html>" not in json.dumps(doc)
 
 
-async def test_upstream_json_message_is_kept_one_line(proxy: str, http: ClientSession) -> None:
-    async with http.get(f"{proxy}/msg400") as resp:
-        doc = await resp.json()
-    assert doc["error"]["message"] == "the thing was wrong"
+async def test_upstream_message_is_withheld(
+    proxy: str, http: ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Hardening 14: an upstream's own error text (traces, paths, secrets) never reaches the
+    client; the message is the fixed one and the text goes to the operator's log."""
+    with caplog.at_level(logging.WARNING, logger="agent_warden.forward"):
+        async with http.get(f"{proxy}/msg400") as resp:
+            doc = await resp.json()
+    assert doc["error"]["message"] == "upstream error"
+    assert "the thing was wrong" not in json.dumps(doc)
+    withheld = [r for r in caplog.records if r.getMessage().startswith("upstream error text")]
+    assert [getattr(r, "upstream_message", None) for r in withheld] == ["the thing was wrong"]
 
 
 @pytest.mark.parametrize("path", ["/html500", "/text503", "/msg400"])

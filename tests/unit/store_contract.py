@@ -1,7 +1,8 @@
 """The decision suite every session store must pass, whatever keeps its state.
 
 A test module runs it with ``from tests.unit.store_contract import *``: the ``store``
-fixture is parametrized over ``STORES``, so a new implementation is one more entry there.
+fixture (and ``store_with``, for a store made with options such as ``max_sessions``) is
+parametrized over ``STORES``, so a new implementation is one more entry there.
 Time is only ever the ``now`` passed in, counted from a real recent instant so that a
 store keeping keys with server-side expiry sees sensible deadlines.
 """
@@ -13,6 +14,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -22,19 +24,20 @@ from proxy.sessions.memory import MemoryStore
 from proxy.sessions.redis import RedisStore
 from tests.redis_server import RedisServer
 
-StoreFactory = Callable[[pytest.FixtureRequest], Awaitable[SessionStore]]
+StoreFactory = Callable[..., Awaitable[SessionStore]]  # (request, **options)
+MakeStore = Callable[..., Awaitable[SessionStore]]  # (**options)
 
 
-async def _memory(request: pytest.FixtureRequest) -> SessionStore:
-    return MemoryStore()
+async def _memory(request: pytest.FixtureRequest, **options: Any) -> SessionStore:
+    return MemoryStore(**options)
 
 
-async def _redis(request: pytest.FixtureRequest) -> SessionStore:
+async def _redis(request: pytest.FixtureRequest, **options: Any) -> SessionStore:
     """A fresh key prefix per test on the session's ``redis-server``, flushed afterwards."""
     server: RedisServer = request.getfixturevalue("redis_server")
     prefix = f"test-{uuid.uuid4().hex}:"
     request.addfinalizer(lambda: server.flush(prefix))
-    return RedisStore.from_url(f"{server.url}?prefix={prefix}")
+    return RedisStore.from_url(f"{server.url}?prefix={prefix}", **options)
 
 
 STORES: dict[str, StoreFactory] = {
@@ -50,6 +53,23 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[SessionStore]:
         yield made
     finally:
         await made.aclose()
+
+
+@pytest.fixture(params=sorted(STORES))
+async def store_with(request: pytest.FixtureRequest) -> AsyncIterator[MakeStore]:
+    """``await store_with(max_sessions=3, ...)``: a store made with the options both take."""
+    made: list[SessionStore] = []
+
+    async def make(**options: Any) -> SessionStore:
+        one = await STORES[request.param](request, **options)
+        made.append(one)
+        return one
+
+    try:
+        yield make
+    finally:
+        for one in made:
+            await one.aclose()
 
 
 T0 = float(int(time.time()))
@@ -845,3 +865,158 @@ async def test_unlimited_counts_survive_a_budget_and_cap_set_later(store: Sessio
     denial = await store.reserve("alice", Limits(max_per_agent=1), T0)
     assert isinstance(denial, Denial)
     assert denial.used == 1
+
+
+# --- proxy-wide bounds: refuse what is new, never forget what is in force ------------------
+
+
+async def test_the_proxy_wide_cap_counts_sessions_windows_and_reservations(
+    store_with: MakeStore,
+) -> None:
+    store = await store_with(max_sessions=3)
+    await open_session(store, "s1", "alice")
+    window = await store.window("bob", "mcp", LIMITS, T0)
+    assert isinstance(window, str)
+    token = await store.reserve("carol", LIMITS, T0)
+    assert isinstance(token, str)
+    full = Denial(E.OVERLOADED, LimitKind.SESSIONS, limit_value=3, used=3)
+    assert await store.reserve("dave", LIMITS, T0) == full
+    assert await store.reserve("dave", Limits(), T0) == full  # whatever max_per_agent says
+    assert await store.window("dave", "mcp", LIMITS, T0) == full
+    assert await store.window("bob", "mcp", LIMITS, T0 + 1) == window  # a live one is kept
+    await store.bind(token, "s2", "carol", "a2a", LIMITS, T0)
+    assert await store.reserve("dave", LIMITS, T0 + 1) == full  # bound: the same place
+    assert await store.live_count(T0 + 1) == 3
+    assert await verdicts(store, [CALL], now=T0 + 1, session_id="s2", agent="carol") == [None]
+
+
+async def test_closing_release_expiry_and_lapse_free_proxy_wide_places(
+    store_with: MakeStore,
+) -> None:
+    store = await store_with(max_sessions=2)
+    short = Limits(ttl=10.0)
+    await open_session(store, "s1", "alice")
+    await open_session(store, "s2", "bob", limits=short)
+    assert isinstance(await store.reserve("carol", LIMITS, T0), Denial)
+    assert await store.close("s1", T0 + 1)  # closing frees a place at once
+    token = await store.reserve("carol", LIMITS, T0 + 1)
+    assert isinstance(token, str)
+    assert isinstance(await store.window("dave", "mcp", short, T0 + 1), Denial)
+    await store.release(token)  # and so does a release
+    assert isinstance(await store.window("dave", "mcp", short, T0 + 1), str)
+    assert isinstance(await store.reserve("erin", LIMITS, T0 + 9), Denial)
+    assert isinstance(await store.reserve("erin", LIMITS, T0 + 10), str)  # s2 expired
+    assert isinstance(await store.reserve("frank", LIMITS, T0 + 10), Denial)
+    assert isinstance(await store.reserve("frank", LIMITS, T0 + 71), str)  # erin's lapsed
+    assert await session_reason(store, "s2", "bob", short, T0 + 71) is E.SESSION_EXPIRED
+
+
+async def test_the_agents_cap_is_judged_before_the_proxy_wide_one(store_with: MakeStore) -> None:
+    store = await store_with(max_sessions=1)
+    one = Limits(max_per_agent=1)
+    await open_session(store, "s1", limits=one)
+    assert await store.reserve("alice", one, T0) == Denial(
+        E.TOO_MANY_SESSIONS, LimitKind.CAP, limit_value=1, used=1
+    )
+    assert await store.reserve("bob", one, T0) == Denial(
+        E.OVERLOADED, LimitKind.SESSIONS, limit_value=1, used=1
+    )
+
+
+async def test_concurrent_reservations_never_overshoot_the_proxy_wide_cap(
+    store_with: MakeStore,
+) -> None:
+    store = await store_with(max_sessions=5)
+    got = await asyncio.gather(*(store.reserve(f"agent-{i}", LIMITS, T0) for i in range(20)))
+    assert sum(isinstance(r, str) for r in got) == 5
+    assert {r.used for r in got if isinstance(r, Denial)} == {5}
+    opened = await asyncio.gather(*(store.window(f"w-{i}", "mcp", LIMITS, T0) for i in range(5)))
+    assert all(isinstance(w, Denial) for w in opened)
+
+
+async def test_tombstones_are_bounded_by_refusing_new_sessions_never_by_forgetting(
+    store_with: MakeStore,
+) -> None:
+    store = await store_with(max_tombstones=2)
+    for i in range(2):
+        await open_session(store, f"s{i}", "bob")
+        assert await store.close(f"s{i}", T0 + i)
+    full = Denial(E.OVERLOADED, LimitKind.TOMBSTONES, limit_value=2, used=2)
+    assert await store.reserve("mallory", LIMITS, T0 + 5) == full
+    assert await store.window("mallory", "mcp", LIMITS, T0 + 5) == full
+    for i in range(2):  # every ended id still answers for itself: none was forgotten
+        assert await session_reason(store, f"s{i}", "mallory", now=T0 + 5) is E.AGENT_MISMATCH
+        assert await session_reason(store, f"s{i}", "bob", now=T0 + 5) is E.SESSION_CLOSED
+    assert isinstance(await store.reserve("mallory", LIMITS, T0 + 3600), str)  # s0's hour is up
+
+
+async def test_a_full_link_table_refuses_new_links_and_keeps_every_known_one(
+    store_with: MakeStore,
+) -> None:
+    """Two agents: alice churns tasks; bob's link is never evicted into an unknown task."""
+    store = await store_with(max_task_links=3)
+    await open_session(store, "ctx-b", "bob")
+    assert await store.link_task("task-b", "ctx-b", T0) is None
+    await open_session(store, "ctx-a", "alice")
+    got = [await store.link_task(f"task-a{i}", "ctx-a", T0 + i) for i in range(10)]
+    assert got[:2] == [None, None]
+    assert got[2:] == [Denial(E.OVERLOADED, LimitKind.TASK_LINKS, limit_value=3, used=3)] * 8
+    await store.sweep(T0 + 800)  # nothing is past its time: nothing goes
+    assert await store.task_context("task-b", T0 + 800) == "ctx-b"
+    assert await store.context_of("task-b") == "ctx-b"
+    assert await session_reason(store, "ctx-b", "alice", now=T0 + 800) is E.AGENT_MISMATCH
+    assert await store.task_context("task-a1", T0 + 800) == "ctx-a"
+    assert await store.link_task("task-a0", "ctx-a", T0 + 800) is None  # known: no new entry
+    assert await store.link_task("task-a0", "ctx-b", T0 + 800) is None  # moved: none either
+    assert await store.task_context("task-a0", T0 + 800) == "ctx-b"
+    # A task it does not know may be one it refused: unsure, never "unknown".
+    for task in ("task-a5", "never-seen"):
+        unsure = await store.task_context(task, T0 + 800)
+        assert unsure == Denial(E.OVERLOADED, LimitKind.TASK_LINKS, limit_value=3, used=3)
+
+
+async def test_links_and_tombstones_last_their_time_and_then_go_with_the_doubt(
+    store_with: MakeStore,
+) -> None:
+    """Real time: the Redis store's keys expire on the server's clock."""
+    store = await store_with(max_task_links=2, tombstone_ttl=0.3, task_ttl=0.3)
+    now = time.time()
+    await open_session(store, "ctx-b", "bob", now=now)
+    await open_session(store, "ctx-a", "alice", now=now)
+    assert await store.link_task("task-b", "ctx-b", now) is None
+    assert await store.link_task("task-a1", "ctx-a", now) is None
+    assert isinstance(await store.link_task("task-a2", "ctx-a", now), Denial)
+    await asyncio.sleep(0.5)
+    later = time.time()
+    await store.sweep(later)
+    # Past task_ttl, but the contexts live on (an hour): so do their links and the doubt.
+    assert await store.task_context("task-b", later) == "ctx-b"
+    assert isinstance(await store.task_context("task-a2", later), Denial)
+    assert await store.close("ctx-a", later)
+    assert await store.close("ctx-b", later)
+    assert await store.task_context("task-b", later) == "ctx-b"  # a tombstone: in force
+    assert isinstance(await store.link_task("task-c", "ctx-c", later), Denial)  # still full
+    await asyncio.sleep(0.5)
+    gone = time.time()
+    await store.sweep(gone)
+    assert await session_reason(store, "ctx-b", "bob", now=gone) is E.SESSION_NOT_FOUND
+    assert await store.task_context("task-b", gone) is None
+    assert await store.task_context("task-a2", gone) is None  # the doubt went with ctx-a
+    assert await store.link_task("task-c", "ctx-c", gone) is None  # room again
+
+
+async def test_a_link_made_before_its_context_is_known_lasts_as_long_as_the_context(
+    store_with: MakeStore,
+) -> None:
+    store = await store_with(task_ttl=0.3)
+    now = time.time()
+    assert await store.link_task("task", "ctx", now) is None
+    await open_session(store, "ctx", "bob", now=now)
+    await asyncio.sleep(0.5)
+    later = time.time()
+    await store.sweep(later)
+    assert await store.task_context("task", later) == "ctx"
+    assert await store.link_task("other", "nowhere", later) is None
+    await asyncio.sleep(0.5)
+    await store.sweep(time.time())
+    assert await store.task_context("other", time.time()) is None  # unknown context: task_ttl

@@ -10,7 +10,7 @@ import pytest
 
 from proxy.errors import E
 from proxy.sessions import memory
-from proxy.sessions.base import Call, Kind, Limits
+from proxy.sessions.base import Call, Denial, Kind, LimitKind, Limits
 from proxy.sessions.memory import MemoryStore
 from tests.unit.store_contract import T0, open_session, session_reason
 
@@ -75,18 +75,82 @@ async def test_tombstones_last_an_hour() -> None:
     assert await store.get("s1") is None
 
 
-async def test_tombstones_are_bounded_oldest_first() -> None:
-    store = MemoryStore(tombstones=5)
-    for i in range(10):
+async def test_tombstones_are_never_evicted_new_sessions_are_refused() -> None:
+    store = MemoryStore(max_tombstones=5)
+    for i in range(5):
         await open_session(store, f"s{i}")
         await store.close(f"s{i}", T0 + i)
+    denial = await store.reserve("alice", Limits(), T0 + 10)
+    assert denial == Denial(E.OVERLOADED, LimitKind.TOMBSTONES, limit_value=5, used=5)
+    assert await store.window("bob", "mcp", Limits(), T0 + 10) == denial
     assert len(store._ended) == 5
-    assert [await session_reason(store, f"s{i}", now=T0 + 20) for i in (0, 4, 5, 9)] == [
-        E.SESSION_NOT_FOUND,
-        E.SESSION_NOT_FOUND,
-        E.SESSION_CLOSED,
-        E.SESSION_CLOSED,
-    ]
+    assert [await session_reason(store, f"s{i}", now=T0 + 20) for i in range(5)] == [
+        E.SESSION_CLOSED
+    ] * 5
+    assert store._agents == {}  # a refused reservation leaves no empty record behind
+    await store.sweep(T0 + 3600)  # s0 is an hour old: forgotten, one place again
+    assert len(store._ended) == 4
+    assert isinstance(await store.reserve("alice", Limits(), T0 + 3600), str)
+
+
+async def test_live_sessions_can_still_end_past_the_tombstone_bound() -> None:
+    """At most max_tombstones + max_sessions tombstones: every live session may end."""
+    store = MemoryStore(max_tombstones=2, max_sessions=3)
+    for i in range(3):
+        await open_session(store, f"s{i}")
+    for i in range(3):
+        assert await store.close(f"s{i}", T0 + 1)
+    assert len(store._ended) == 3
+    assert isinstance(await store.reserve("alice", Limits(), T0 + 2), Denial)
+
+
+async def test_the_cap_ends_what_is_due_only_when_it_is_reached() -> None:
+    """Below the bound a reservation ends nothing (Redis's answers); at it, what is due
+    by its last limits ends and frees its place (reported by the next sweep)."""
+    store = MemoryStore(max_sessions=2)
+    await open_session(store, "s1", limits=Limits(ttl=10.0))
+    assert isinstance(await store.reserve("bob", Limits(), T0 + 20), str)
+    assert "s1" in store._live
+    assert isinstance(await store.reserve("carol", Limits(), T0 + 20), str)
+    assert "s1" in store._ended
+    assert await store.sweep(T0 + 20) == 1
+
+
+async def test_task_links_belong_to_their_context_and_go_with_its_tombstone() -> None:
+    store = MemoryStore()
+    await open_session(store, "ctx")
+    assert await store.link_task("t1", "ctx", T0) is None
+    assert await store.link_task("t2", "ctx", T0) is None
+    assert await store.link_task("t2", "ctx", T0) is None  # again: nothing new
+    assert store._live["ctx"].tasks == ["t1", "t2"]
+    assert await store.link_task("t3", "nowhere", T0) is None  # an unknown context
+    assert list(store._orphans) == ["nowhere"]
+    assert await store.link_task("t2", "nowhere", T0 + 1) is None  # moved
+    assert store._live["ctx"].tasks == ["t1"]
+    assert store._orphans["nowhere"].tasks == ["t3", "t2"]
+    assert await store.close("ctx", T0 + 2)
+    await store.sweep(T0 + 2 + 3599)
+    assert await store.context_of("t1") == "ctx"
+    await store.sweep(T0 + 2 + 3600)
+    assert (store._tasks, store._orphans, store._ended) == ({}, {}, {})
+
+
+async def test_links_to_an_unknown_context_become_the_sessions_when_it_is_bound() -> None:
+    store = MemoryStore(task_ttl=10.0)
+    assert await store.link_task("t1", "ctx", T0) is None
+    await open_session(store, "ctx", now=T0 + 5)
+    assert store._orphans == {}
+    await store.sweep(T0 + 100)  # past task_ttl, but the session holds it now
+    assert await store.task_context("t1", T0 + 100) == "ctx"
+
+
+async def test_a_refused_link_for_an_unknown_context_leaves_doubt_for_task_ttl() -> None:
+    store = MemoryStore(max_task_links=1, task_ttl=10.0)
+    assert await store.link_task("t1", "ctx-1", T0) is None
+    assert isinstance(await store.link_task("t2", "ctx-2", T0 + 1), Denial)
+    assert isinstance(await store.task_context("t2", T0 + 10.5), Denial)
+    assert await store.task_context("t2", T0 + 11) is None
+    assert await store.task_context("t1", T0 + 11) == "ctx-1"  # until a sweep forgets it
 
 
 async def test_get_keeps_the_record_of_an_ended_session() -> None:
@@ -245,3 +309,26 @@ async def test_sweep_of_many_windows() -> None:
     assert len(store._heap) == 20_000
     assert await store.sweep(T0 + 10) == 20_000
     assert (store._windows, store._live, store._heap) == ({}, {}, [])
+
+
+async def test_what_live_count_ends_is_reported_by_the_next_sweep() -> None:
+    """The sweeper counts expiries for the metrics; a scrape in between must not hide any."""
+    store = MemoryStore()
+    limits = Limits(ttl=10.0)
+    await open_session(store, "s1", limits=limits)
+    await store.window("alice", "mcp", limits, T0)
+    assert await store.live_count(T0 + 10) == 0
+    assert await store.sweep(T0 + 10) == 2
+    assert await store.sweep(T0 + 11) == 0
+
+
+async def test_the_doubt_ends_with_its_context_without_waiting_for_a_sweep() -> None:
+    store = MemoryStore(max_task_links=1, tombstone_ttl=10.0)
+    await open_session(store, "ctx")
+    assert await store.link_task("t1", "ctx", T0) is None
+    assert isinstance(await store.link_task("t2", "ctx", T0), Denial)
+    assert store._doubted == {"ctx"}
+    assert await store.close("ctx", T0 + 1)
+    assert isinstance(await store.task_context("t2", T0 + 10.5), Denial)
+    assert await store.task_context("t2", T0 + 11) is None  # ctx forgotten: so is the doubt
+    assert (store._doubted, store._tasks, store._ended) == (set(), {}, {})

@@ -8,6 +8,7 @@ pools sharing one server, a server that goes away and comes back, and URL parsin
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -18,7 +19,18 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
 
 from proxy.errors import E
-from proxy.sessions.base import Call, Denial, Kind, Limits, SessionStore, StoreUnavailable
+from proxy.sessions.base import (
+    UNLIMITED,
+    Call,
+    Denial,
+    Kind,
+    Limits,
+    Outcome,
+    SessionInfo,
+    SessionStore,
+    StoreUnavailable,
+)
+from proxy.sessions.memory import MemoryStore
 from proxy.sessions.redis import DEFAULT_PREFIX, RedisStore
 from tests.redis_server import RedisServer
 from tests.unit.store_contract import T0, open_session, session_reason, verdicts
@@ -205,6 +217,42 @@ async def test_task_links(make_store: MakeStore) -> None:
     assert await store.context_of("t1") == "ctx-2"
 
 
+async def test_links_follow_their_context_through_a_reload_that_raises_ttl(
+    make_store: MakeStore, inspect: aioredis.Redis, prefix: str
+) -> None:
+    store = make_store()
+    now = time.time()
+    short, long = Limits(ttl=100.0, idle_timeout=100.0), Limits(ttl=10_000.0, idle_timeout=100.0)
+    await open_session(store, "ctx", limits=short, now=now)
+    await store.link_task("t1", "ctx", now)
+    found = await lifetimes(inspect, prefix)
+    assert found["k:t1"] == pytest.approx((100 + 3600) * 1000, abs=1_000)
+    await store.check("ctx", "alice", [], short, now + 50)  # moves nothing: ttl bounds it
+    assert (await lifetimes(inspect, prefix))["k:t1"] == pytest.approx(3_700_000, abs=1_000)
+    await store.check("ctx", "alice", [], long, now + 90)  # a reload: the hash may outlive
+    found = await lifetimes(inspect, prefix)
+    assert found["k:t1"] == pytest.approx((10_000 + 3600 - 90) * 1000, abs=1_000)  # from now
+    assert found["k:t1"] >= found["s:ctx"]
+    assert await inspect.zscore(f"{prefix}n", "t1") == pytest.approx(now + 13_600)
+
+
+async def test_sweep_drops_the_counting_members_past_their_time(
+    make_store: MakeStore, inspect: aioredis.Redis, prefix: str
+) -> None:
+    store = make_store(sweep_batch=3)
+    for i in range(7):
+        assert isinstance(await store.reserve(f"a{i}", Limits(), T0), str)
+    await open_session(store, "ctx", "bob")
+    await store.link_task("t1", "ctx", T0)
+    assert await store.close("ctx", T0)
+    assert await inspect.zcard(f"{prefix}r") == 7
+    await store.sweep(T0 + 60)  # the reservations lapsed; the rest is within its hour
+    assert await inspect.zcard(f"{prefix}r") == 0
+    assert await inspect.zcard(f"{prefix}e") == await inspect.zcard(f"{prefix}n") == 1
+    await store.sweep(T0 + 3600)
+    assert await inspect.zcard(f"{prefix}e") == await inspect.zcard(f"{prefix}n") == 0
+
+
 # --- key lifetimes ------------------------------------------------------------------------
 
 
@@ -232,13 +280,20 @@ async def test_every_key_expires_after_every_operation(
     assert found["a:alice"] == pytest.approx(idle, abs=1_000)  # relative to the caller's now
     await store.link_task("task", "s1", now)
     found = await assert_all_expire(inspect, prefix)
-    assert found["k:task"] == pytest.approx(86_400_000, abs=1_000)
+    longest = 3_600_000 + hour  # the longest s1 can last: its ttl, then its tombstone
+    assert found["k:task"] == pytest.approx(longest, abs=1_000)
+    assert found["x:s1"] == pytest.approx(longest, abs=1_000)
+    assert found["n"] == pytest.approx(longest, abs=1_000)
     assert isinstance(await store.reserve("alice", limits, now), str)
-    await assert_all_expire(inspect, prefix)
+    found = await assert_all_expire(inspect, prefix)
+    assert found["r"] == pytest.approx(60_000, abs=1_000)
     assert await store.close("s1", now + 200)
     found = await assert_all_expire(inspect, prefix)
     assert "t:s1" not in found
     assert found["s:s1"] == pytest.approx(hour, abs=1_000)  # a tombstone for an hour
+    assert found["k:task"] == pytest.approx(hour, abs=1_000)  # as long
+    assert found["x:s1"] == pytest.approx(hour, abs=1_000)
+    assert found["e"] == pytest.approx(hour, abs=1_000)
     assert await store.sweep(now + 200) == 0
     await assert_all_expire(inspect, prefix)
 
@@ -363,6 +418,127 @@ async def test_unswept_sessions_expire_by_themselves(
     await assert_all_expire(inspect, prefix)
     await asyncio.sleep(0.4)  # the longest: deadline (0.2 s) plus tombstone (0.2 s)
     await wait_until_gone(inspect, prefix)
+
+
+# --- the same answers as memory, for random histories -------------------------------------
+
+
+def _random_limits(rng: random.Random) -> Limits:
+    return Limits(
+        ttl=rng.choice([5.0, 20.0, 86400.0]),
+        idle_timeout=rng.choice([3.0, 10.0, 3600.0]),
+        max_per_agent=rng.choice([1, 2, 3, UNLIMITED]),
+        calls=rng.choice([2, 5, UNLIMITED]),
+        tool_calls=rng.choice([{}, {"refund": 1}, {"refund": 2, "free": UNLIMITED}]),
+        per_minute=rng.choice([2, 60, 600, UNLIMITED]),
+    )
+
+
+_CALLS = (
+    Call(True),
+    Call(False),
+    Call(True, "refund"),
+    Call(True, "free"),
+    Call(True, "refund", E.TOOL_NOT_AUTHORIZED),
+)
+
+
+def _seen(outcome: Outcome) -> tuple[object, ...]:
+    def one(d: Denial | None) -> object:
+        if d is None:
+            return None
+        used = None if d.used is None else round(d.used, 9)
+        retry = None if d.retry_after is None else round(d.retry_after, 9)
+        return (d.reason, d.limit, d.limit_value, used, retry)
+
+    return (one(outcome.session), *(one(c) for c in outcome.calls))
+
+
+def _shown(info: SessionInfo | None, name: str) -> object:
+    if info is None:
+        return None
+    return (name, info.agent, info.kind, info.calls_used, info.closed, info.last_used)
+
+
+@pytest.mark.parametrize("seed", range(8))
+async def test_random_histories_get_the_memory_stores_answers(
+    make_store: MakeStore, seed: int
+) -> None:
+    """Reserve, bind, window, check, close and sweep at random: every answer is memory's.
+
+    Windows get random ids in each store, so they are compared by the order they opened.
+    Memory's ``live_count`` ends what is due as a side effect (Redis's only counts), so the
+    history sweeps right after it counts: a window left due but unswept is judged by the
+    current limits in Redis, and is already over in memory.
+    """
+    rng = random.Random(seed)
+    memory, redis = MemoryStore(), make_store()
+    now = T0
+    held: list[tuple[str, str, str]] = []  # reservation in memory, in Redis, its agent
+    names: list[str] = []  # sessions by name; a window's name maps to its two ids
+    windows: dict[str, tuple[str, str]] = {}
+    for step in range(150):
+        now += rng.choice([0.0, 0.0, 0.5, 1.0, 3.0, 7.0])
+        limits, agent, op = _random_limits(rng), rng.choice(["a", "b"]), rng.random()
+        where = (seed, step)
+        if op < 0.15:
+            m, r = await memory.reserve(agent, limits, now), await redis.reserve(agent, limits, now)
+            if isinstance(m, str) and isinstance(r, str):
+                held.append((m, r, agent))
+            else:
+                assert m == r, where
+        elif op < 0.25 and held:
+            m, r, owner = held.pop(rng.randrange(len(held)))
+            name = rng.choice(names) if names and rng.random() < 0.2 else f"s{step}"
+            binder = owner if rng.random() < 0.9 else agent
+            kind = rng.choice([Kind.PROTOCOL, Kind.MINTED])
+            counted = rng.choice([0, 0, 1])
+            for store, token in ((memory, m), (redis, r)):
+                await store.bind(
+                    token, name, binder, "mcp", limits, now, counted=counted, kind=kind
+                )
+            if name not in names:
+                names.append(name)
+        elif op < 0.3 and held:
+            m, r, _ = held.pop(rng.randrange(len(held)))
+            await memory.release(m)
+            await redis.release(r)
+        elif op < 0.45:
+            m = await memory.window(agent, "mcp", limits, now)
+            r = await redis.window(agent, "mcp", limits, now)
+            known = [name for name, ids in windows.items() if m in ids or r in ids]
+            if known:
+                assert windows[known[0]] == (m, r), where
+            else:
+                windows[f"w{len(windows)}"] = (m, r)
+                names.append(f"w{len(windows) - 1}")
+        elif op < 0.8 and names:
+            name = rng.choice(names)
+            m_id, r_id = windows.get(name, (name, name))
+            calls = [rng.choice(_CALLS) for _ in range(rng.choice([0, 1, 1, 2, 4]))]
+            m_out = await memory.check(m_id, agent, calls, limits, now)
+            r_out = await redis.check(r_id, agent, calls, limits, now)
+            assert _seen(m_out) == _seen(r_out), where
+        elif op < 0.87 and names:
+            m_id, r_id = windows.get(name := rng.choice(names), (name, name))
+            assert await memory.close(m_id, now) == await redis.close(r_id, now), where
+        elif op < 0.93:
+            assert await memory.sweep(now) == await redis.sweep(now), where
+        else:
+            assert await memory.live_count(now) == await redis.live_count(now), where
+            assert await memory.sweep(now) == await redis.sweep(now), where
+            by_id = {ids[i]: name for name, ids in windows.items() for i in (0, 1)}
+            m_list = sorted(
+                str(_shown(i, by_id.get(i.id, i.id))) for i in await memory.sessions(now)
+            )
+            r_list = sorted(
+                str(_shown(i, by_id.get(i.id, i.id))) for i in await redis.sessions(now)
+            )
+            assert m_list == r_list, where
+    for name in names:
+        m_id, r_id = windows.get(name, (name, name))
+        m_info, r_info = await memory.get(m_id), await redis.get(r_id)
+        assert _shown(m_info, name) == _shown(r_info, name), (seed, name)
 
 
 # --- two replicas, one Redis --------------------------------------------------------------
