@@ -31,7 +31,7 @@ demo: $(STAMP)
 	@sh examples/demo.sh
 
 bench: $(STAMP) system-deps
-	sh bench/install.sh
+	bash bench/install.sh
 	$(BIN)/python bench/bench.py
 	$(BIN)/python bench/store.py
 	$(BIN)/python bench/conformance/run.py

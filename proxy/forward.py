@@ -620,9 +620,11 @@ class Forwarder:
             headers["X-Forwarded-Host"] = request.host
         # The proxy reads upstream bodies to validate and rewrite them: ask for them plain.
         headers[hdrs.ACCEPT_ENCODING] = "identity"
-        if hdrs.ORIGIN in headers:
-            # The proxy judged the Origin (and rewrote Host): the upstream's own DNS-rebinding
-            # check must see an origin that matches the Host it receives.
+        origin = headers.get(hdrs.ORIGIN)
+        if origin is not None and self._gate.vouches_for(origin):
+            # An origin the operator listed: the upstream's own DNS-rebinding check must see
+            # one that matches the Host it receives. Any other origin goes up as it came, so
+            # the upstream's check still applies (a rebinding page names its own host).
             headers[hdrs.ORIGIN] = self._upstream_origin
         return headers
 

@@ -151,6 +151,10 @@ class Gate:
 
     # -- entry point ------------------------------------------------------------------------
 
+    def vouches_for(self, origin: str) -> bool:
+        """An Origin the policy lists (``origins.allow``): the proxy answers for it."""
+        return self._policy().origins.allows(origin)
+
     def caller(self, headers: CIMultiDictProxy[str]) -> str | WardenError:
         """Who is calling, before any body is read: the agent id, or the error to answer
         (an identity header that cannot be believed, a missing required one)."""

@@ -141,9 +141,51 @@ class Rules:
 
 
 @dataclass(frozen=True, slots=True)
+class JwtConfig:
+    """OAuth 2.1 bearer tokens (``identity.jwt``): what a valid token must be."""
+
+    issuers: tuple[str, ...] = ()
+    audiences: tuple[str, ...] = ()
+    jwks_url: str | None = None
+    jwks_file: str | None = None
+    secret_file: str | None = None  # HS* only, and only with this
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    agent_claim: str = "sub"
+    leeway: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeysConfig:
+    """API keys (``identity.api_keys``): a watched file of ``{sha256 hex: agent id}``."""
+
+    file: str = ""
+    header: str = "Authorization"  # "Bearer <key>"; any other header carries the raw key
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceMetadata:
+    """RFC 9728 Protected Resource Metadata served by the proxy."""
+
+    resource: str = ""
+    authorization_servers: tuple[str, ...] = ()
+    scopes_supported: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Identity:
     header: str = "X-Agent-Id"
+    """Carries the agent id to the upstream (always set by the proxy); read from the client
+    only in trusted-header mode (neither ``jwt`` nor ``api_keys``)."""
     required: bool = False
+    forward_credentials: bool = True
+    """Forward the client's Authorization (or API-key) header upstream."""
+    jwt: JwtConfig | None = None
+    api_keys: ApiKeysConfig | None = None
+    resource_metadata: ResourceMetadata | None = None
+
+    @property
+    def trusted_header(self) -> bool:
+        return self.jwt is None and self.api_keys is None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1164,6 +1164,19 @@ async def test_bad_origin_refused(era: str, policed: Stacks, web: httpx.AsyncCli
             await owner.close()
 
 
+async def test_a_rebinding_page_meets_the_upstreams_own_defence(
+    policed: Stacks, web: httpx.AsyncClient
+) -> None:
+    """DNS rebinding (the conformance suite's dns-rebinding-protection): a page on
+    evil.example resolved to the proxy sends `Host` and `Origin` of its own name. The proxy
+    passes such a same-host Origin on as it came, so the SDK upstream's loopback check still
+    refuses it, and its 403 keeps its status through the proxy."""
+    rebound = {"host": "evil.example", "origin": "http://evil.example"}
+    modern = Raw2026(web, policed.streamable, fresh("rebind"), "2026", extra=rebound)
+    answer = await modern.request("tools/list")
+    assert answer.status == 403, answer.message
+
+
 async def _first_exchange(
     era: str, stack: Stack, http: httpx.AsyncClient, agent: str
 ) -> tuple[RawBase, int, Any]:
