@@ -14,6 +14,7 @@ from typing import NoReturn
 from aiohttp import web
 
 from proxy import __version__, logs
+from proxy.admin_token import AdminLock, TokenFileError
 from proxy.app import Runtime, build_admin_app, build_proxy_app, services
 from proxy.config import ConfigError, Settings, env_name, from_options
 from proxy.inject import cli as inject_cli
@@ -60,6 +61,10 @@ _RUN_FLAGS: tuple[tuple[str, str], ...] = (
     ("--max-streams-per-agent", "one agent's open event streams (default 256)"),
     ("--max-sessions", "live sessions, all agents together (default 100000)"),
     ("--max-event-size", "one upstream server-sent event (default 8MiB)"),
+    (
+        "--admin-token-file",
+        "file holding the admin API's bearer token; without it /sessions answers loopback only",
+    ),
 )
 
 
@@ -171,10 +176,16 @@ def _run(args: argparse.Namespace) -> int:
     settings = from_options(_options(args))
     logs.setup(settings.log_level)
     policy = load_policy(settings.policy) if settings.policy else DEFAULT_POLICY
+    lock = AdminLock(settings.admin_token_file)
+    try:
+        lock.load()
+    except TokenFileError as exc:
+        raise ConfigError(f"--admin-token-file: {exc}") from None
     runtime = Runtime(
         settings=settings,
         policy=policy,
         store=open_store(settings.store, max_sessions=settings.max_sessions),
+        admin_lock=lock,
     )
     runtime.telemetry = Telemetry.from_env(runtime.metrics)
     runtime.set_policy(policy)

@@ -11,17 +11,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
+from aiohttp import ClientSession, ClientTimeout, DummyCookieJar, TCPConnector, web
 
+from proxy.admin_token import AdminLock
 from proxy.config import Settings
 from proxy.errors import E, WardenError, render_aip193
 from proxy.forward import ErrorStyle, Forwarder
 from proxy.gate import Gate
+from proxy.identity import Verifier, build_verifier
 from proxy.listener import no_banner
 from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.metrics import CloseCause, Metrics, ReloadResult
 from proxy.policy import PolicyError, PolicyFile
 from proxy.policy.grant import GrantError, parse_grant
+from proxy.policy.model import Identity
 from proxy.policy.watch import PolicyWatcher
 from proxy.protocols import jsonrpc
 from proxy.sessions.base import SessionStore, StoreUnavailable
@@ -44,12 +47,15 @@ class Runtime:
     telemetry: Telemetry = field(default_factory=Telemetry)
     ready: bool = False
     draining: bool = False
+    admin_lock: AdminLock = field(default_factory=lambda: AdminLock(None))
+    identity: IdentityService = field(default_factory=lambda: IdentityService())
     error_style: ErrorStyle = field(default_factory=ErrorStyle)
 
     def set_policy(self, policy: PolicyFile, sha256: str = "") -> None:
         self.policy = policy
         self.error_style = ErrorStyle(policy.errors.domain, policy.errors.a2a_spec)
         self.metrics.set_policy(policy.source or "(built-in)", sha256)
+        self.identity.follow(policy.identity)
 
     def gate(self) -> Gate:
         return Gate(
@@ -57,7 +63,50 @@ class Runtime:
             self.store,
             self.metrics,
             lambda: (self.error_style.domain, self.error_style.a2a_spec),
+            verifier=lambda: self.identity.verifier,
         )
+
+
+class IdentityService:
+    """The verifier of the policy's identity source (JWT, API keys), rebuilt when a reload
+    changes ``identity``; its own HTTP client talks to the identity provider."""
+
+    def __init__(self) -> None:
+        self.verifier: Verifier | None = None
+        self._identity: Identity | None = None
+        self._client: ClientSession | None = None
+        self._switching: set[asyncio.Task[None]] = set()
+
+    async def open(self, identity: Identity) -> None:
+        self._client = ClientSession(timeout=ClientTimeout(total=10), cookie_jar=DummyCookieJar())
+        await self._switch(identity)
+
+    def follow(self, identity: Identity) -> None:
+        if self._client is None or identity == self._identity:
+            return
+        task = asyncio.get_running_loop().create_task(self._switch(identity))
+        self._switching.add(task)
+        task.add_done_callback(self._switching.discard)
+
+    async def _switch(self, identity: Identity) -> None:
+        assert self._client is not None
+        self._identity = identity
+        new = build_verifier(identity, self._client)
+        if new is not None:
+            await new.start()  # never raises: without keys, tokens are refused until they come
+        old, self.verifier = self.verifier, new
+        if old is not None:
+            await old.aclose()
+
+    async def close(self) -> None:
+        for task in list(self._switching):
+            task.cancel()
+        if self.verifier is not None:
+            await self.verifier.aclose()
+            self.verifier = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -97,8 +146,10 @@ async def _upstream_client(app: web.Application) -> AsyncIterator[None]:
         runtime.telemetry,
     )
     try:
+        await runtime.identity.open(runtime.policy.identity)
         yield
     finally:
+        await runtime.identity.close()
         await client.close()
 
 
@@ -227,6 +278,27 @@ def build_admin_app(runtime: Runtime) -> web.Application:
         reason = E.SESSION_CLOSED if known is not None and known.closed else E.SESSION_NOT_FOUND
         return _error_response(runtime, WardenError(reason, metadata={"sessionId": sid}))
 
+    lock = runtime.admin_lock
+
+    @web.middleware
+    async def locked(
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        """/sessions holds session ids and agents: the token, or loopback without one."""
+        if not request.path.startswith("/sessions"):
+            return await handler(request)
+        allowed = lock.allows(request.headers.get("Authorization"), request.remote)
+        if allowed:
+            return await handler(request)
+        log.warning(
+            "admin request refused",
+            extra={"path": request.path, "peer": request.remote, "token_file": bool(lock.path)},
+        )
+        if allowed is None:
+            return _error_response(runtime, WardenError(E.ADMIN_FORBIDDEN))
+        return _error_response(runtime, WardenError(E.UNAUTHENTICATED, challenge="Bearer"))
+
     @web.middleware
     async def envelopes(
         request: web.Request,
@@ -241,6 +313,7 @@ def build_admin_app(runtime: Runtime) -> web.Application:
             return _error_response(runtime, WardenError(E.POLICY_STORE_UNAVAILABLE))
 
     app.middlewares.append(envelopes)
+    app.middlewares.append(locked)
     app.on_response_prepare.append(no_banner)
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)

@@ -57,6 +57,7 @@ class Settings:
     max_streams_per_agent: int = 256  # one agent's open event streams
     max_sessions: int = 100_000  # live sessions in the store, all agents together
     max_event_size: int = 8 * 1024 * 1024  # one upstream SSE event
+    admin_token_file: str | None = None  # /sessions needs its token; else loopback only
 
 
 def parse_address(value: str, what: str) -> Address:
@@ -200,4 +201,5 @@ def from_options(options: Mapping[str, str | None]) -> Settings:
         max_streams_per_agent=count("max_streams_per_agent", defaults.max_streams_per_agent),
         max_sessions=count("max_sessions", defaults.max_sessions),
         max_event_size=size("max_event_size", defaults.max_event_size),
+        admin_token_file=opt("admin_token_file"),
     )

@@ -55,10 +55,13 @@ from proxy.gate import (
     LegacySession,
     Refusal,
 )
+from proxy.identity import Credential, metadata_document
+from proxy.identity.metadata import WELL_KNOWN
 from proxy.metrics import HTTP_METHODS, OTHER, Metrics, RequestOutcome
 from proxy.policy.decide import ANONYMOUS
+from proxy.policy.model import ResourceMetadata
 from proxy.protocols import a2a, jsonrpc, mcp
-from proxy.protocols.card import card_is_signed, rewrite_card
+from proxy.protocols.card import advertise_security, card_is_signed, rewrite_card
 from proxy.protocols.classify import Binding, Classified, classify, reads_body
 from proxy.protocols.events import StreamWatch
 from proxy.protocols.mcp import SESSION_HEADER
@@ -287,15 +290,21 @@ class Forwarder:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         # Who is calling comes first: nothing of a body is read for a caller refused anyway.
-        caller = self._gate.caller(request.headers)
+        identity = self._gate.identity()
+        meta = identity.resource_metadata
+        if meta is not None and request.path.startswith(WELL_KNOWN) and request.method == "GET":
+            return self._metadata(request, meta)
+        metadata_url = self._metadata_url(request, meta)
+        caller = await self._gate.caller(request.headers, metadata_url)
         refused: WardenError | None = None
         if isinstance(caller, WardenError):
             request[_OUTCOME] = RequestOutcome.DENIED
             length = request.content_length
             if request.body_exists and (length is None or length > _SMALL_BODY):
                 return self._unread(request, caller)
-            refused, caller = caller, ANONYMOUS  # a small body is read: its id is echoed
-        slot = self._take_slot(request, caller)
+            refused, caller = caller, _NOBODY  # a small body is read: its id is echoed
+        request[_CALLER] = caller
+        slot = self._take_slot(request, caller.agent)
         if slot is None:
             request[_OUTCOME] = RequestOutcome.DENIED
             return self._unread(request, WardenError(E.OVERLOADED, retry_after=1.0))
@@ -317,6 +326,20 @@ class Forwarder:
         finally:
             self._body_bytes -= held
             slot.release()
+
+    def _metadata(self, request: web.Request, meta: ResourceMetadata) -> web.Response:
+        """RFC 9728 Protected Resource Metadata, served without credentials."""
+        base = self._public_url or f"{request.scheme}://{request.host}"
+        doc = metadata_document(meta, base.rstrip("/") + request.path[len(WELL_KNOWN) :])
+        return web.json_response(doc, headers={"Cache-Control": "max-age=300"})
+
+    def _metadata_url(self, request: web.Request, meta: ResourceMetadata | None) -> str | None:
+        """Where the challenge points clients: the metadata of the resource they asked for."""
+        if meta is None:
+            return None
+        base = (self._public_url or f"{request.scheme}://{request.host}").rstrip("/")
+        resource_path = URL(meta.resource).path.rstrip("/") if meta.resource else ""
+        return base + WELL_KNOWN + resource_path
 
     def _take_slot(self, request: web.Request, agent: str) -> _Slot | None:
         """A place among the agent's calls (or streams) in flight; None past the limit.
@@ -402,6 +425,8 @@ class Forwarder:
             info,
             legacy.session if legacy is not None else None,
             request.rel_url.query if info.rest is not None else None,
+            request[_CALLER],
+            self._metadata_url(request, self._gate.identity().resource_metadata),
         )
         if trace is not NOOP:
             trace.decided(decision_attributes(verdict))
@@ -614,6 +639,14 @@ class Forwarder:
 
     def _upstream_headers(self, request: web.Request) -> CIMultiDict[str]:
         headers = filter_headers(request.headers, _REQUEST_DROP)
+        identity = self._gate.identity()
+        if _CALLER in request:
+            # The verified agent, replacing whatever the client wrote there.
+            headers[identity.header] = request[_CALLER].agent
+        if not identity.forward_credentials:
+            headers.popall(hdrs.AUTHORIZATION, None)
+            if identity.api_keys is not None:
+                headers.popall(identity.api_keys.header, None)
         headers["X-Forwarded-For"] = request.remote or ""
         headers["X-Forwarded-Proto"] = request.scheme
         if request.host:
@@ -868,6 +901,15 @@ class Forwarder:
         card = rewrite_card(doc, self._base, self._public_url)
         if card is not None and card_is_signed(doc):
             log.warning("agent card signatures no longer match its rewritten URLs")
+        identity = self._gate.identity()
+        if card is not None and not identity.trusted_header:
+            # Clients learn from the card what the proxy verifies (identity issue 7).
+            keys = identity.api_keys
+            card = advertise_security(
+                card,
+                bearer_jwt=identity.jwt is not None,
+                api_key_header=keys.header if keys is not None else None,
+            )
         return card
 
     async def _checked_rest(
@@ -1248,6 +1290,8 @@ _OUTCOME = web.RequestKey("agent_warden.outcome", RequestOutcome)
 _TRACE = web.RequestKey("agent_warden.trace", Trace)
 _INFO = web.RequestKey("agent_warden.info", Classified)
 _SLOT = web.RequestKey("agent_warden.slot", _Slot)
+_CALLER = web.RequestKey("agent_warden.caller", Credential)
+_NOBODY = Credential(ANONYMOUS, "anonymous")
 
 
 def _http_label(method: str) -> str:

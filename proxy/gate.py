@@ -19,6 +19,7 @@ from typing import Any
 from multidict import CIMultiDictProxy, MultiMapping
 
 from proxy.errors import E, WardenError, jsonrpc_error_object
+from proxy.identity import Credential, Verifier, challenge
 from proxy.metrics import CloseCause, Metrics
 from proxy.policy import PolicyFile, Rules
 from proxy.policy.decide import (
@@ -30,7 +31,7 @@ from proxy.policy.decide import (
     limits_for,
 )
 from proxy.policy.grant import Grant, GrantError, grant_from_json
-from proxy.policy.model import GlobSet, normalize_origin
+from proxy.policy.model import GlobSet, Identity, normalize_origin
 from proxy.protocols import a2a, mcp
 from proxy.protocols.classify import Classified
 from proxy.sessions.base import (
@@ -53,6 +54,7 @@ MINTED_SESSION_PREFIX = "awm-"
 MINTED_HEADER = "Warden-Session"
 _UNCAPPED = 2**53
 _GRANTS_CACHED = 4096
+_ANONYMOUS = Credential(ANONYMOUS, "anonymous")
 _SESSION_STARTERS = frozenset({a2a.SEND_MESSAGE.name, a2a.SEND_STREAMING_MESSAGE.name})
 
 
@@ -141,48 +143,83 @@ class Gate:
         metrics: Metrics,
         error_style: Callable[[], tuple[str, str]],
         clock: Callable[[], float] = time.time,
+        verifier: Callable[[], Verifier | None] = lambda: None,
     ) -> None:
         self._policy = policy
         self._store = store
         self._metrics = metrics
         self._style = error_style
         self._clock = clock
+        self._verifier = verifier
         self._grants: dict[str, Grant] = {}
 
     # -- entry point ------------------------------------------------------------------------
+
+    def identity(self) -> Identity:
+        return self._policy().identity
 
     def vouches_for(self, origin: str) -> bool:
         """An Origin the policy lists (``origins.allow``): the proxy answers for it."""
         return self._policy().origins.allows(origin)
 
-    def caller(self, headers: CIMultiDictProxy[str]) -> str | WardenError:
-        """Who is calling, before any body is read: the agent id, or the error to answer
-        (an identity header that cannot be believed, a missing required one)."""
+    async def caller(
+        self, headers: CIMultiDictProxy[str], metadata_url: str | None = None
+    ) -> Credential | WardenError:
+        """Who is calling, before any body is read: the verified credential, or the error to
+        answer. ``metadata_url`` is where this resource's RFC 9728 metadata is served (for
+        the ``WWW-Authenticate`` challenge)."""
         policy = self._policy()
         identity = policy.identity
-        problem = identity_header_problem(
-            headers.getall(identity.header, ()), headers.getall("Connection", ()), identity
-        )
-        if problem is not None:
-            log.warning("request refused: %s", problem, extra={"header": identity.header})
-            self._metrics.denials.inc(E.INVALID_REQUEST.name, "enforce")
-            return WardenError(E.INVALID_REQUEST)
-        agent = identify(headers, identity)
-        if agent is None:
-            if policy.defaults.mode == "audit":
-                return ANONYMOUS
-            self._metrics.denials.inc(E.UNAUTHENTICATED.name, "enforce")
-            log.warning(
-                "request denied",
-                extra={
-                    "agent": None,
-                    "policy": "default",
-                    "mode": "enforce",
-                    "reason": E.UNAUTHENTICATED.value.reason,
-                },
+        if identity.trusted_header:
+            problem = identity_header_problem(
+                headers.getall(identity.header, ()), headers.getall("Connection", ()), identity
             )
-            return WardenError(E.UNAUTHENTICATED)
-        return agent
+            if problem is not None:
+                log.warning("request refused: %s", problem, extra={"header": identity.header})
+                self._metrics.denials.inc(E.INVALID_REQUEST.name, "enforce")
+                return WardenError(E.INVALID_REQUEST)
+            agent = identify(headers, identity)
+            if agent is not None:
+                return Credential(agent, "header" if agent != ANONYMOUS else "anonymous")
+            return self._missing(policy, metadata_url)
+        verifier = self._verifier()
+        outcome = await verifier.verify(headers) if verifier is not None else None
+        if isinstance(outcome, Credential):
+            return outcome
+        if outcome is None:
+            if not identity.required:
+                return _ANONYMOUS
+            return self._missing(policy, metadata_url)
+        return self._unauthenticated(metadata_url, outcome.detail, presented=outcome.presented)
+
+    def _missing(self, policy: PolicyFile, metadata_url: str | None) -> Credential | WardenError:
+        """No credential where one is required: 401, or (audit mode) anonymous, recorded."""
+        if policy.defaults.mode == "audit":
+            self._metrics.denials.inc(E.UNAUTHENTICATED.name, "audit")
+            log.warning("request would be denied (audit)", extra={"reason": "UNAUTHENTICATED"})
+            return _ANONYMOUS
+        return self._unauthenticated(metadata_url, "no credential", presented=False)
+
+    def _unauthenticated(
+        self, metadata_url: str | None, detail: str, *, presented: bool
+    ) -> WardenError:
+        """401 with its challenge. A credential presented and invalid is always refused,
+        audit mode or not: its bearer is not who it claims to be."""
+        self._metrics.denials.inc(E.UNAUTHENTICATED.name, "enforce")
+        log.warning(
+            "request denied",
+            extra={
+                "agent": None,
+                "policy": "default",
+                "mode": "enforce",
+                "reason": E.UNAUTHENTICATED.value.reason,
+                "detail": detail,
+            },
+        )
+        return WardenError(
+            E.UNAUTHENTICATED,
+            challenge=challenge(metadata_url, invalid_token=presented),
+        )
 
     async def admit(
         self,
@@ -191,8 +228,11 @@ class Gate:
         info: Classified,
         legacy: LegacySession | None = None,
         query: MultiMapping[str] | None = None,
+        credential: Credential = _ANONYMOUS,
+        metadata_url: str | None = None,
     ) -> Verdict:
-        """Judge one request in its session: minted, protocol or the agent's window."""
+        """Judge one request of a verified caller in its session: minted, protocol or the
+        agent's window."""
         policy = self._policy()
         origin = headers.get("Origin")
         if origin is not None and not _origin_allowed(origin, headers.get("Host"), policy):
@@ -200,13 +240,15 @@ class Gate:
             # enforced in audit mode too, like any malformed request.
             adm = Admission("", "default", "enforce")
             return self._deny(adm, Denial(E.ORIGIN_NOT_ALLOWED), None, None)
-        agent = identify(headers, policy.identity)
-        if agent is None:
-            mode = policy.defaults.mode
-            adm = Admission("", "default", mode)
-            return self._deny(adm, Denial(E.UNAUTHENTICATED), None, None)
-        name, rules = policy.resolve(agent)
+        agent = credential.agent
+        name, rules = policy.resolve(agent, credential.scopes, credential.claims)
         adm = Admission(agent, name, rules.mode, tools=rules.tools)
+        missing = [s for s in rules.require_scopes if s not in credential.scopes]
+        if missing:
+            error = self._record(adm, Denial(E.INSUFFICIENT_SCOPE), None, None)
+            if error is not None:
+                scope = " ".join(rules.require_scopes)
+                return Refusal(replace(error, challenge=challenge(metadata_url, scope=scope)), adm)
         try:
             minted = headers.get(MINTED_HEADER)
             if minted is not None:

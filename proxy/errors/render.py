@@ -52,6 +52,8 @@ class WardenError:
     # A gone 2025-era MCP protocol session: HTTP 404 and -32005 on JSON-RPC (errors.md
     # section 2). Minted sessions and agent windows keep HTTP 200 and their own codes.
     mcp_session: bool = False
+    # UNAUTHENTICATED / INSUFFICIENT_SCOPE: the WWW-Authenticate challenge (MCP authorization).
+    challenge: str | None = None
 
     def __post_init__(self) -> None:
         if self.metadata and not METADATA_KEYS.issuperset(self.metadata):
@@ -131,9 +133,12 @@ def _retry_after_header(seconds: float) -> str:
 
 
 def _headers(content_type: str, err: WardenError) -> tuple[tuple[str, str], ...]:
-    if err.retry_after is None:
-        return (("Content-Type", content_type),)
-    return (("Content-Type", content_type), ("Retry-After", _retry_after_header(err.retry_after)))
+    headers: tuple[tuple[str, str], ...] = (("Content-Type", content_type),)
+    if err.retry_after is not None:
+        headers += (("Retry-After", _retry_after_header(err.retry_after)),)
+    if err.challenge is not None:
+        headers += (("WWW-Authenticate", err.challenge),)
+    return headers
 
 
 def _message_json(err: WardenError, fixed: _Fixed) -> str:

@@ -250,6 +250,10 @@ class E(enum.Enum):
         "INTERNAL_ERROR", "internal error", Code.INTERNAL, _JSONRPC_INTERNAL, Domain.A2A
     )
 
+    # decision: the admin API refuses a peer that is neither loopback nor holding the token
+    # file's token (contract, Admin listener: 403 when no token file is configured).
+    ADMIN_FORBIDDEN = _row("ADMIN_FORBIDDEN", "forbidden", Code.PERMISSION_DENIED, -31074)
+
     # decision: the request body limit gets its own reason, shaped like an invalid request.
     REQUEST_TOO_LARGE = _row(
         "REQUEST_TOO_LARGE", "request too large", Code.INVALID_ARGUMENT, -32600
@@ -257,7 +261,7 @@ class E(enum.Enum):
 
 
 # Project decisions: rows that errors.md does not list.
-DECISIONS: Final[frozenset[E]] = frozenset({E.REQUEST_TOO_LARGE})
+DECISIONS: Final[frozenset[E]] = frozenset({E.REQUEST_TOO_LARGE, E.ADMIN_FORBIDDEN})
 
 # tower-mcp's SessionNotFound; MCP clients re-initialize on HTTP 404 (errors.md section 2).
 MCP_SESSION_GONE_CODE: Final = -32005

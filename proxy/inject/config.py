@@ -57,6 +57,9 @@ class InjectConfig:
     resources: Mapping[str, Mapping[str, str]] = field(default_factory=_default_resources)
     drain_seconds: int = 20
     env: tuple[Mapping[str, Any], ...] = ()
+    # The Secret (in the pod's namespace) holding the sidecar's admin API token; "": none.
+    admin_token_secret: str = "agent-warden-admin-token"
+    admin_token_key: str = "token"
 
     @property
     def image_ref(self) -> str:
@@ -125,6 +128,21 @@ def _configmap_key(value: str) -> str | None:
     if len(value) <= 253 and _CONFIGMAP_KEY_RE.fullmatch(value) and value not in (".", ".."):
         return None
     return f"invalid ConfigMap key {value!r}; expected letters, digits, '-', '_' and '.'"
+
+
+def _secret_name_or_empty(value: str) -> str | None:
+    if value == "" or (len(value) <= 253 and DNS_SUBDOMAIN_RE.fullmatch(value)):
+        return None
+    return (
+        f"invalid Secret name {value!r}; expected lowercase letters, digits, '-' and '.' "
+        '(or "" for no admin token)'
+    )
+
+
+def _secret_key(value: str) -> str | None:
+    if len(value) <= 253 and _CONFIGMAP_KEY_RE.fullmatch(value) and value not in (".", ".."):
+        return None
+    return f"invalid Secret key {value!r}; expected letters, digits, '-', '_' and '.'"
 
 
 def _resources(node: Node) -> tuple[Any, str | None]:
@@ -197,6 +215,11 @@ _KEYS: dict[str, tuple[str, _Check]] = {
         _scalar(int, "an integer", lambda v: None if v >= 1 else f"must be at least 1, got {v}"),
     ),
     "env": ("env", _env),
+    "adminTokenSecret": (
+        "admin_token_secret",
+        _scalar(str, "a string", _secret_name_or_empty),
+    ),
+    "adminTokenKey": ("admin_token_key", _scalar(str, "a string", _secret_key)),
 }
 
 

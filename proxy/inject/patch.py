@@ -18,6 +18,10 @@ from proxy.inject.config import DNS_SUBDOMAIN_RE, InjectConfig
 
 __all__ = [
     "ADMIN_PORT_NAME",
+    "ADMIN_TOKEN_DIR",
+    "ADMIN_TOKEN_ENV",
+    "ADMIN_TOKEN_FILE",
+    "ADMIN_TOKEN_VOLUME",
     "ANNOTATION_PREFIX",
     "INJECT",
     "POLICY_CONFIGMAP",
@@ -45,6 +49,12 @@ STATUS = ANNOTATION_PREFIX + "status"
 SIDECAR_NAME = "agent-warden"
 POLICY_VOLUME = "agent-warden-policy"
 POLICY_DIR = "/etc/agent-warden"
+# The admin API's bearer token: one key of a Secret, mounted as a file the sidecar re-reads
+# when the Secret changes (a directory, never a subPath, so updates reach it).
+ADMIN_TOKEN_VOLUME = "agent-warden-admin-token"
+ADMIN_TOKEN_DIR = "/var/run/agent-warden/admin-token"
+ADMIN_TOKEN_FILE = f"{ADMIN_TOKEN_DIR}/token"
+ADMIN_TOKEN_ENV = "AGENT_WARDEN_ADMIN_TOKEN_FILE"
 ADMIN_PORT_NAME = "aw-admin"
 PROXY_PORT_NAME = "aw-proxy"  # the sidecar's listen port when the app's port has no name
 DEFAULT_GRACE_SECONDS = 30  # what Kubernetes applies when the pod sets none
@@ -263,8 +273,11 @@ class _Injection:
     def _patch(self, upstream: int) -> Decision:
         ops, renamed, port_names = self._take_over_ports(upstream)
         spec = self.pod.spec
-        volume = _free_name(POLICY_VOLUME, {str(v.get("name")) for v in self.pod.volumes})
-        sidecar = self._sidecar(upstream, volume, *port_names)
+        taken = {str(v.get("name")) for v in self.pod.volumes}
+        volume = _free_name(POLICY_VOLUME, taken)
+        token_secret = self.config.admin_token_secret
+        token_volume = _free_name(ADMIN_TOKEN_VOLUME, taken | {volume}) if token_secret else None
+        sidecar = self._sidecar(upstream, volume, token_volume, *port_names)
         if not self.config.native_sidecar:
             ops.append({"op": "add", "path": "/spec/containers/-", "value": sidecar})
         elif spec.get("initContainers") is not None:  # first, so it is up before the others
@@ -272,21 +285,34 @@ class _Injection:
         else:
             ops.append({"op": "add", "path": "/spec/initContainers", "value": [sidecar]})
         policy_map = self.pod.annotations.get(POLICY_CONFIGMAP) or self.config.policy_config_map
-        source = {"name": volume, "configMap": {"name": policy_map, "optional": False}}
+        sources: list[dict[str, Any]] = [
+            {"name": volume, "configMap": {"name": policy_map, "optional": False}}
+        ]
+        if token_volume is not None:
+            # Not optional, like the policy: the pod waits for the Secret rather than start a
+            # sidecar that would refuse to run without its token file.
+            secret = {
+                "secretName": token_secret,
+                "items": [{"key": self.config.admin_token_key, "path": "token"}],
+                "optional": False,
+            }
+            sources.append({"name": token_volume, "secret": secret})
         if spec.get("volumes") is not None:
-            ops.append({"op": "add", "path": "/spec/volumes/-", "value": source})
+            ops.extend({"op": "add", "path": "/spec/volumes/-", "value": s} for s in sources)
         else:
-            ops.append({"op": "add", "path": "/spec/volumes", "value": [source]})
+            ops.append({"op": "add", "path": "/spec/volumes", "value": sources})
         ops.extend(self._grace_ops())
-        status = {
+        status: dict[str, Any] = {
             "sidecar": SIDECAR_NAME,
             "image": self.config.image_ref,
             "native": self.config.native_sidecar,
             "upstreamPort": upstream,
             "renamedPorts": renamed,
-            "volumes": [volume],
+            "volumes": [str(s["name"]) for s in sources],
             "configMap": policy_map,
         }
+        if token_volume is not None:
+            status["adminTokenSecret"] = token_secret
         text = json.dumps(status, sort_keys=True, separators=(",", ":"))
         ops.append(_annotation_op(self.pod, STATUS, text))
         return Decision(tuple(ops), "injected")
@@ -327,7 +353,12 @@ class _Injection:
         return []
 
     def _sidecar(
-        self, upstream: int, volume: str, proxy_port_name: str | None, admin_port_name: str | None
+        self,
+        upstream: int,
+        volume: str,
+        token_volume: str | None,
+        proxy_port_name: str | None,
+        admin_port_name: str | None,
     ) -> dict[str, Any]:
         config = self.config
         protocol = self.pod.annotations.get(PROTOCOL) or config.protocol
@@ -340,6 +371,9 @@ class _Injection:
                 "failureThreshold": failures,
             }
 
+        mounts = [{"name": volume, "mountPath": POLICY_DIR, "readOnly": True}]
+        if token_volume is not None:
+            mounts.append({"name": token_volume, "mountPath": ADMIN_TOKEN_DIR, "readOnly": True})
         container: dict[str, Any] = {
             "name": SIDECAR_NAME,
             "image": config.image_ref,
@@ -363,9 +397,10 @@ class _Injection:
                 _port(proxy_port_name, config.listen_port),
                 _port(admin_port_name, config.admin_port),
             ],
-            "env": self._env(),
+            "env": self._env(with_token=token_volume is not None),
             "resources": {k: dict(v) for k, v in config.resources.items()},
-            "volumeMounts": [{"name": volume, "mountPath": POLICY_DIR, "readOnly": True}],
+            "volumeMounts": mounts,
+            # The probes' paths need no token (contract: Admin listener).
             # Native sidecar: the app starts once this has passed, so the proxy is up first.
             "startupProbe": probe("/readyz", 1, 30),
             "readinessProbe": probe("/readyz", 5, 3),
@@ -383,7 +418,7 @@ class _Injection:
             container["restartPolicy"] = "Always"
         return container
 
-    def _env(self) -> list[dict[str, Any]]:
+    def _env(self, *, with_token: bool) -> list[dict[str, Any]]:
         env: list[dict[str, Any]] = [
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {
@@ -400,6 +435,8 @@ class _Injection:
                 "value": "k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE)",
             }
         )
+        if with_token:
+            env.append({"name": ADMIN_TOKEN_ENV, "value": ADMIN_TOKEN_FILE})
         # The configuration's variables win over ours of the same name, in our place.
         extra = {str(var["name"]): _plain_copy(var) for var in self.config.env}
         env = [extra.pop(var["name"], var) for var in env]

@@ -15,7 +15,9 @@ ANONYMOUS = "anonymous"
 
 
 def identify(headers: Mapping[str, str], identity: Identity) -> str | None:
-    """The calling agent's id; None when the header is required and missing."""
+    """The calling agent's id in trusted-header mode (``identity.trusted_header``: neither
+    jwt nor api_keys); None when the header is required and missing. With jwt or api_keys
+    the id comes from the verified credential instead, never from this header."""
     value = headers.get(identity.header, "").strip()
     if value:
         return value
@@ -25,7 +27,7 @@ def identify(headers: Mapping[str, str], identity: Identity) -> str | None:
 def identity_header_problem(
     values: Sequence[str], connection: Sequence[str], identity: Identity
 ) -> str | None:
-    """Why the trusted identity header cannot be believed, or None.
+    """Why the trusted identity header cannot be believed, or None (trusted-header mode).
 
     ``values`` are every value of the header as received, ``connection`` every value of
     ``Connection``. Named in ``Connection``, the header would be dropped on the way up

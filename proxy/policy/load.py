@@ -23,6 +23,18 @@ Decisions:
 - YAML merge keys (``<<: *anchor``) work; explicit keys override merged ones.
   Top-level keys starting with ``x-`` are ignored, to hold anchors.
 - ``default`` is reserved as a policy name: it names the fallback to ``defaults``.
+- ``identity``: at most one of ``jwt`` and ``api_keys`` (trusted-header mode without
+  either). ``jwt`` names exactly one key source; HMAC algorithms (HS*) go only with
+  ``secret_file`` and public-key ones only with ``jwks_url`` or ``jwks_file``, so an
+  algorithm-confusion attack cannot be configured; ``none`` is never accepted.
+  ``jwt: null`` and ``api_keys: null`` are problems, not "unset": a commented-out body
+  must not fall back silently to believing a header. ``identity.header`` must differ
+  from the credential's header (the proxy sets it to the verified agent id). Paths are
+  kept as written (relative ones are relative to the working directory); whether they
+  exist is checked when they are read, not here.
+- ``match`` needs at least one of ``agents``, ``scopes``, ``claims``. Matching on scopes
+  or claims, and ``require_scopes``, need ``identity.jwt``: nothing else carries them.
+  A claim value is a string (a glob), a number or a boolean.
 - Bounds, each a ``file:line`` problem rather than a hang, a huge allocation or a
   traceback: only a regular file is read (opened non-blocking, so a FIFO or a device
   at the path is refused at once), of at most ``MAX_FILE_BYTES``; at most ``MAX_NODES``
@@ -41,6 +53,7 @@ from __future__ import annotations
 
 import difflib
 import errno
+import math
 import os
 import re
 import stat
@@ -71,10 +84,18 @@ from proxy.policy.globs import glob_problem
 from proxy.policy.model import (
     ANY_ORIGIN,
     DEFAULT_POLICY_NAME,
+    HMAC_ALGORITHMS,
+    JWT_ALGORITHMS,
+    KEY_SOURCE_PROBLEM,
     ORIGIN_RE,
+    URL_RE,
+    ApiKeysConfig,
     GlobSet,
+    Identity,
+    JwtConfig,
     NamedPolicy,
     PolicyFile,
+    ResourceMetadata,
     Rules,
     normalize_origin,
 )
@@ -95,6 +116,8 @@ __all__ = [
     "MAX_VISITED_CHARS",
     "MAX_VISITS",
     "ORIGIN_RE",
+    "SCOPE_RE",
+    "URL_RE",
     "PolicyError",
     "Problem",
     "check_files",
@@ -115,6 +138,8 @@ _D = TypeVar("_D", bound="DataclassInstance")
 HEADER_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 DOMAIN_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+# RFC 6749 scope-token: printable ASCII but space, '"' and '\'.
+SCOPE_RE = re.compile(r"[!#-\[\]-~]+")
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
@@ -325,6 +350,9 @@ class _Scalar(_Spec):
 
 
 class _Duration(_Spec):
+    def __init__(self, *, allow_zero: bool = False) -> None:
+        self.allow_zero = allow_zero
+
     def check(self, ctx: _Ctx, node: Node, path: str) -> object:
         if not isinstance(node, ScalarNode):
             return ctx.wrong_type(node, path, "a duration")
@@ -339,8 +367,9 @@ class _Duration(_Spec):
             return ctx.report(node, path, f"bad duration {node.value!r}; {DURATION_HINT}")
         else:
             return ctx.wrong_type(node, path, "a duration")
-        if seconds <= 0:
-            return ctx.report(node, path, f"duration must be greater than zero, got {node.value!r}")
+        if seconds < 0 or (seconds == 0 and not self.allow_zero):
+            least = "zero or more" if self.allow_zero else "greater than zero"
+            return ctx.report(node, path, f"duration must be {least}, got {node.value!r}")
         return seconds
 
 
@@ -384,6 +413,47 @@ class _IntMap(_Spec):
         return MappingProxyType(out) if ok else _SKIP
 
 
+class _ClaimMap(_Spec):
+    """``{claim name: value}``: a string (a glob), a number or a boolean."""
+
+    def check(self, ctx: _Ctx, node: Node, path: str) -> object:
+        if not isinstance(node, MappingNode):
+            return ctx.wrong_type(node, path, "a mapping of claim names to values")
+        if not node.value:
+            return ctx.report(node, path, "must not be empty")
+        out: dict[str, object] = {}
+        ok = True
+        for key, value_node, key_line in _mapping_items(ctx, node, path):
+            if not key:
+                ctx.add(Problem(ctx.file, key_line, f"{path}: empty claim name"))
+                ok = False
+                continue
+            value = self._value(ctx, value_node, _join(path, key))
+            if value is _SKIP:
+                ok = False
+            else:
+                out[key] = value
+        return MappingProxyType(out) if ok else _SKIP
+
+    @staticmethod
+    def _value(ctx: _Ctx, node: Node, path: str) -> object:
+        ctx.visit(node, path)
+        expected = "a string, number or boolean"
+        if not isinstance(node, ScalarNode) or _is_null(node):
+            return ctx.wrong_type(node, path, expected)
+        value = ctx.scalar(node, path)
+        if value is _SKIP:
+            return _SKIP
+        if isinstance(value, str):
+            problem = glob_problem(value)
+            return value if problem is None else ctx.report(node, path, problem)
+        if isinstance(value, float) and not math.isfinite(value):
+            return ctx.report(node, path, f"expected a finite number, got {node.value!r}")
+        if type(value) in (bool, int, float):
+            return value
+        return ctx.wrong_type(node, path, expected)
+
+
 class _Section(_Spec):
     """A mapping with a fixed set of keys."""
 
@@ -394,9 +464,10 @@ class _Section(_Spec):
         required: tuple[str, ...] = (),
         nullable: bool = True,
         extensions: bool = False,
+        then: Callable[[_Ctx, Node, str, _Partial], None] | None = None,
     ) -> None:
         self.fields, self.required, self.nullable = fields, required, nullable
-        self.extensions = extensions
+        self.extensions, self.then = extensions, then
 
     def check(self, ctx: _Ctx, node: Node, path: str) -> object:
         if not isinstance(node, MappingNode):
@@ -417,6 +488,8 @@ class _Section(_Spec):
         for key in self.required:
             if key not in out.lines:
                 ctx.report(node, path, f"missing required key '{key}'")
+        if self.then is not None:
+            self.then(ctx, node, path, out)
         return out
 
     def _hint(self, key: str) -> str:
@@ -444,14 +517,14 @@ class _Section(_Spec):
 
 
 class _List(_Spec):
-    nullable = True
-
-    def __init__(self, item: _Spec) -> None:
-        self.item = item
+    def __init__(self, item: _Spec, *, nullable: bool = True, non_empty: bool = False) -> None:
+        self.item, self.nullable, self.non_empty = item, nullable, non_empty
 
     def check(self, ctx: _Ctx, node: Node, path: str) -> object:
         if not isinstance(node, SequenceNode):
             return ctx.wrong_type(node, path, "a list")
+        if self.non_empty and not node.value:
+            return ctx.report(node, path, "must not be empty")
         items = [self.item.parse(ctx, item, f"{path}[{i}]") for i, item in enumerate(node.value)]
         return tuple(items)
 
@@ -603,12 +676,146 @@ def _origin(value: str) -> str | None:
     )
 
 
+def _non_empty(value: str) -> str | None:
+    return "must not be empty" if not value else None
+
+
+def _path(value: str) -> str | None:
+    if not value:
+        return "must not be empty"
+    if "\0" in value:
+        return "must not contain a NUL character"
+    return None
+
+
+def _url(value: str) -> str | None:
+    if URL_RE.fullmatch(value) is not None:
+        return None
+    scheme, sep, rest = value.partition("://")
+    if sep and scheme.lower() not in ("http", "https"):
+        return f"invalid URL {value!r}: the scheme must be http or https"
+    if sep and "#" in rest:
+        return f"invalid URL {value!r}: no fragment (#...) allowed"
+    if sep and "@" in re.split(r"[/?]", rest, maxsplit=1)[0]:
+        return f"invalid URL {value!r}: no user info (user@) allowed"
+    return (
+        f"invalid URL {value!r}; expected http:// or https://, a host, an optional port "
+        "and path, in printable ASCII (like https://idp.example.com/.well-known/jwks.json)"
+    )
+
+
+def _scope(value: str) -> str | None:
+    if not value:
+        return "must not be empty"
+    if SCOPE_RE.fullmatch(value) is None:
+        return f"invalid scope {value!r}; a scope is printable ASCII without spaces, '\"' or '\\'"
+    return None
+
+
+def _algorithm(value: str) -> str | None:
+    if value in JWT_ALGORITHMS:
+        return None
+    if value.lower() == "none":
+        return f"{value!r} is never accepted: an unsigned token proves nothing"
+    same = [alg for alg in JWT_ALGORITHMS if alg.lower() == value.lower()]
+    close = same or difflib.get_close_matches(value, JWT_ALGORITHMS, n=1)
+    if close:
+        return f"unknown algorithm {value!r}, did you mean {close[0]!r}?"
+    return f"unknown algorithm {value!r}; expected one of: {', '.join(JWT_ALGORITHMS)}"
+
+
+_KEY_SOURCES = ("jwks_url", "jwks_file", "secret_file")
+_DEFAULT_ALGORITHMS = JwtConfig().algorithms
+_DEFAULT_API_KEY_HEADER = ApiKeysConfig().header
+_DEFAULT_IDENTITY_HEADER = Identity().header
+
+
+def _check_jwt(ctx: _Ctx, node: Node, path: str, jwt: _Partial) -> None:
+    """Exactly one key source, and algorithms that fit it."""
+    given = sorted((jwt.lines[k], k) for k in _KEY_SOURCES if k in jwt.lines)
+    if not given:
+        ctx.report(node, path, f"missing key source: set one of {', '.join(_KEY_SOURCES)}")
+        return
+    first_line, first = given[0]
+    for line, key in given[1:]:
+        message = (
+            f"{_join(path, key)}: only one of {', '.join(_KEY_SOURCES)} may be set "
+            f"({first} on line {first_line})"
+        )
+        ctx.add(Problem(ctx.file, line, message))
+    if len(given) > 1 or ("algorithms" in jwt.lines and "algorithms" not in jwt):
+        return  # no single source, or algorithms already reported
+    secret = first == "secret_file"
+    algorithms: tuple[str, ...] = jwt.get("algorithms", _DEFAULT_ALGORITHMS)
+    if all((alg in HMAC_ALGORITHMS) == secret for alg in algorithms):
+        return
+    if "algorithms" in jwt.lines:
+        message = f"{_join(path, 'algorithms')}: {KEY_SOURCE_PROBLEM}"
+        ctx.add(Problem(ctx.file, jwt.lines["algorithms"], message))
+    else:
+        default = ", ".join(_DEFAULT_ALGORITHMS)
+        message = (
+            f"{_join(path, first)}: {KEY_SOURCE_PROBLEM}; with secret_file, set algorithms "
+            f"to HS256, HS384 or HS512 (the default is {default})"
+        )
+        ctx.add(Problem(ctx.file, jwt.lines[first], message))
+
+
+def _check_identity(ctx: _Ctx, node: Node, path: str, identity: _Partial) -> None:
+    """At most one of jwt and api_keys; identity.header is not the credential's header."""
+    given = sorted((identity.lines[k], k) for k in ("jwt", "api_keys") if k in identity.lines)
+    if len(given) == 2:
+        (first_line, first), (line, second) = given
+        message = (
+            f"{_join(path, second)}: only one of jwt and api_keys may be set "
+            f"({first} on line {first_line})"
+        )
+        ctx.add(Problem(ctx.file, line, message))
+        return
+    credential: str | None = None
+    where: tuple[int, str] | None = None  # the credential header, when set explicitly
+    if "jwt" in identity:
+        credential = "Authorization"
+    elif isinstance(api_keys := identity.get("api_keys"), _Partial):
+        credential = api_keys.get("header", _DEFAULT_API_KEY_HEADER)
+        if "header" in api_keys.lines:
+            where = (api_keys.lines["header"], _join(_join(path, "api_keys"), "header"))
+    if credential is None or ("header" in identity.lines and "header" not in identity):
+        return
+    header: str = identity.get("header", _DEFAULT_IDENTITY_HEADER)
+    if header.lower() != credential.lower():
+        return
+    reason = "the proxy sets identity.header to the verified agent id"
+    if "header" in identity.lines or where is None:
+        line = identity.lines.get("header", _line(node))
+        message = (
+            f"{_join(path, 'header')}: must not be the credential header {credential!r}: {reason}"
+        )
+    else:
+        line, key_path = where
+        message = f"{key_path}: must not be identity.header {header!r}: {reason}"
+    ctx.add(Problem(ctx.file, line, message))
+
+
+_MATCH_KEYS = ("agents", "scopes", "claims")
+
+
+def _check_match(ctx: _Ctx, node: Node, path: str, match: _Partial) -> None:
+    if not any(key in match.lines for key in _MATCH_KEYS):
+        ctx.report(node, path, f"set at least one of {', '.join(_MATCH_KEYS)}")
+
+
 def _enum(*options: str) -> _Scalar:
     return _Scalar(str, f"one of {', '.join(repr(o) for o in options)}", _one_of(*options))
 
 
 _LIMIT = _Scalar(int, "an integer", _at_least_one)
 _GLOB = _Scalar(str, "a glob string", glob_problem)
+_SCOPE = _Scalar(str, "a scope string", _scope)
+_URL = _Scalar(str, "a URL string", _url)
+_PATH = _Scalar(str, "a path string", _path)
+_HEADER = _Scalar(str, "a string", _header)
+_NON_EMPTY = _Scalar(str, "a string", _non_empty)
 
 _RULES: dict[str, _Spec] = {
     "mode": _enum("enforce", "audit"),
@@ -624,15 +831,20 @@ _RULES: dict[str, _Spec] = {
     "rate_limit": _Section({"per_minute": _LIMIT}),
     "tools": _Section({"allow": _Globs(), "deny": _Globs()}),
     "methods": _Section({"allow": _Globs(), "deny": _Globs()}),
+    "require_scopes": _List(_SCOPE),
 }
 
 _POLICY = _Section(
     {
         "name": _Scalar(str, "a string", _policy_name),
         "match": _Section(
-            {"agents": _Globs(nullable=False, non_empty=True)},
-            required=("agents",),
+            {
+                "agents": _Globs(nullable=False, non_empty=True),
+                "scopes": _List(_SCOPE, nullable=False, non_empty=True),
+                "claims": _ClaimMap(),
+            },
             nullable=False,
+            then=_check_match,
         ),
         **_RULES,
     },
@@ -646,7 +858,42 @@ _FILE = _Section(
             int, "an integer", lambda v: None if v == 1 else f"unsupported version {v}; expected 1"
         ),
         "identity": _Section(
-            {"header": _Scalar(str, "a string", _header), "required": _Scalar(bool, "a boolean")}
+            {
+                "required": _Scalar(bool, "a boolean"),
+                "header": _HEADER,
+                "forward_credentials": _Scalar(bool, "a boolean"),
+                "jwt": _Section(
+                    {
+                        "issuers": _List(_NON_EMPTY, nullable=False, non_empty=True),
+                        "audiences": _List(_NON_EMPTY, nullable=False, non_empty=True),
+                        "jwks_url": _URL,
+                        "jwks_file": _PATH,
+                        "secret_file": _PATH,
+                        "algorithms": _List(
+                            _Scalar(str, "an algorithm name", _algorithm),
+                            nullable=False,
+                            non_empty=True,
+                        ),
+                        "agent_claim": _NON_EMPTY,
+                        "leeway": _Duration(allow_zero=True),
+                    },
+                    required=("issuers", "audiences"),
+                    nullable=False,
+                    then=_check_jwt,
+                ),
+                "api_keys": _Section(
+                    {"file": _PATH, "header": _HEADER}, required=("file",), nullable=False
+                ),
+                "resource_metadata": _Section(
+                    {
+                        "resource": _URL,
+                        "authorization_servers": _List(_URL),
+                        "scopes_supported": _List(_SCOPE),
+                    },
+                    required=("resource",),
+                ),
+            },
+            then=_check_identity,
         ),
         "errors": _Section(
             {"domain": _Scalar(str, "a string", _domain), "a2a_spec": _enum("1.0.0", "1.0.1")}
@@ -678,25 +925,41 @@ def key_paths() -> frozenset[str]:
 # --- building the model -------------------------------------------------------------
 
 
+_OPTIONAL_SECTIONS: dict[str, Callable[[], Any]] = {
+    "jwt": JwtConfig,
+    "api_keys": ApiKeysConfig,
+    "resource_metadata": ResourceMetadata,
+}
+"""Sections the model holds as None when absent: built from their class's defaults."""
+
+
 def _apply(base: _D, partial: Mapping[str, Any]) -> _D:
     """``base`` with the keys of ``partial`` replaced, nested sections field by field."""
-    changes = {
-        key: _apply(getattr(base, key), value) if isinstance(value, _Partial) else value
-        for key, value in partial.items()
-    }
+    changes: dict[str, Any] = {}
+    for key, value in partial.items():
+        if isinstance(value, _Partial):
+            current = getattr(base, key)
+            if current is None:
+                current = _OPTIONAL_SECTIONS[key]()
+            value = _apply(current, value)
+        changes[key] = value
     return replace(base, **changes)
+
+
+def _named_policy(p: Mapping[str, Any], defaults: Rules) -> NamedPolicy:
+    match = p["match"]
+    return NamedPolicy(
+        name=p["name"],
+        agents=GlobSet(allow=match["agents"]) if "agents" in match else GlobSet(),
+        rules=_apply(defaults, {k: v for k, v in p.items() if k in _RULES}),
+        scopes=frozenset(match.get("scopes", ())),
+        claims=match.get("claims", MappingProxyType({})),
+    )
 
 
 def _build(top: _Partial, filename: str) -> PolicyFile:
     defaults = _apply(Rules(), top.get("defaults", {}))
-    policies = tuple(
-        NamedPolicy(
-            name=p["name"],
-            agents=GlobSet(allow=p["match"]["agents"]),
-            rules=_apply(defaults, {k: v for k, v in p.items() if k in _RULES}),
-        )
-        for p in top.get("policies", ())
-    )
+    policies = tuple(_named_policy(p, defaults) for p in top.get("policies", ()))
     rest = {k: v for k, v in top.items() if k not in ("defaults", "policies")}
     return replace(_apply(PolicyFile(source=filename), rest), defaults=defaults, policies=policies)
 
@@ -718,6 +981,28 @@ def _duplicate_names(ctx: _Ctx, top: _Partial) -> None:
             )
         else:
             first[name] = line
+
+
+def _credentials_without_jwt(ctx: _Ctx, top: _Partial) -> None:
+    """Scopes and claims come only from a verified JWT: matching on them, or requiring
+    scopes, without ``identity.jwt`` could never hold (or would refuse everyone)."""
+    identity = top.get("identity")
+    if isinstance(identity, _Partial) and "jwt" in identity.lines:
+        return
+    reason = "needs identity.jwt: only a verified JWT carries scopes and claims"
+    sections: list[tuple[str, object]] = [("defaults", top.get("defaults"))]
+    sections += [(f"policies[{i}]", p) for i, p in enumerate(top.get("policies", ()))]
+    for path, section in sections:
+        if not isinstance(section, _Partial):
+            continue
+        if section.get("require_scopes"):
+            line = section.lines["require_scopes"]
+            ctx.add(Problem(ctx.file, line, f"{path}.require_scopes: {reason}"))
+        match = section.get("match")
+        if isinstance(match, _Partial):
+            for key in ("scopes", "claims"):
+                if key in match.lines:
+                    ctx.add(Problem(ctx.file, match.lines[key], f"{path}.match.{key}: {reason}"))
 
 
 def _yaml_problem(filename: str, text: str, exc: yaml.YAMLError) -> Problem:
@@ -863,9 +1148,13 @@ def _parse(text: str, filename: str) -> PolicyFile:
     top = _FILE.parse(ctx, root, "")
     if isinstance(top, _Partial):
         _duplicate_names(ctx, top)
+        _credentials_without_jwt(ctx, top)
     if ctx.problems or not isinstance(top, _Partial):
         raise PolicyError(sorted(ctx.problems, key=lambda p: p.line))
-    return _build(top, filename)
+    try:
+        return _build(top, filename)
+    except ValueError as exc:  # the model refusing what checking let through: a loader bug
+        raise PolicyError([Problem(filename, 0, f"invalid policy: {exc}")]) from None
 
 
 def parse_policy_bytes(data: bytes, filename: str) -> PolicyFile:

@@ -130,3 +130,41 @@ def card_is_signed(doc: object) -> bool:
         return False
     signatures = doc.get("signatures")
     return isinstance(signatures, list) and len(signatures) > 0
+
+
+SCHEME_NAME: Final = "agentWarden"
+
+
+def advertise_security(
+    card: dict[str, Any], *, bearer_jwt: bool, api_key_header: str | None
+) -> dict[str, Any]:
+    """The card with the scheme the proxy verifies as the one clients must satisfy.
+
+    Written in both generations' shapes merged, as the a2a SDK serves a card (v1.0
+    ProtoJSON ``httpAuthSecurityScheme``/``apiKeySecurityScheme`` and
+    ``securityRequirements``; v0.3 ``type``/``scheme``/``in`` and ``security``). The
+    upstream's own schemes stay listed; the requirement is the proxy's.
+    """
+    if api_key_header is not None and api_key_header.lower() != "authorization":
+        scheme: dict[str, Any] = {
+            "apiKeySecurityScheme": {"location": "header", "name": api_key_header},
+            "type": "apiKey",
+            "in": "header",
+            "name": api_key_header,
+        }
+    else:
+        scheme = {
+            "httpAuthSecurityScheme": {"scheme": "Bearer"},
+            "type": "http",
+            "scheme": "bearer",
+        }
+        if bearer_jwt:
+            scheme["httpAuthSecurityScheme"]["bearerFormat"] = "JWT"
+            scheme["bearerFormat"] = "JWT"
+    out = dict(card)
+    schemes = out.get("securitySchemes")
+    out["securitySchemes"] = {**(schemes if isinstance(schemes, dict) else {}), SCHEME_NAME: scheme}
+    out["securityRequirements"] = [{"schemes": {SCHEME_NAME: {}}}]
+    out["security"] = [{SCHEME_NAME: []}]
+    out.pop("security_requirements", None)  # snake_case spelling: one requirement only
+    return out

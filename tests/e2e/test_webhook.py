@@ -286,6 +286,7 @@ def test_injects_a_pod(webhook: Webhook) -> None:
     assert sidecar["name"] == "agent-warden"
     assert sidecar["restartPolicy"] == "Always"
     assert {"name": "http", "containerPort": 15080, "protocol": "TCP"} in sidecar["ports"]
+    assert_admin_token(patched, "agent-warden-admin-token", "token")
     # Fed back (a reinvocation), the patched pod gets no second sidecar.
     again = webhook.review(patched)
     assert "patch" not in again
@@ -451,3 +452,85 @@ def test_bad_start_up_is_one_line_and_non_zero(tmp_path: Path) -> None:
         assert len(lines) == 1, result.stderr
         assert needle in lines[0]
         assert "Traceback" not in result.stderr
+
+
+# --- the admin API token ---------------------------------------------------------------------
+
+TOKEN_DIR = "/var/run/agent-warden/admin-token"
+
+
+def assert_admin_token(patched: dict[str, Any], secret: str | None, key: str | None) -> None:
+    """The sidecar reads its token from ``secret``'s ``key`` (None: no token at all)."""
+    [sidecar] = [
+        c
+        for c in patched["spec"].get("initContainers", []) + patched["spec"]["containers"]
+        if c["name"] == "agent-warden"
+    ]
+    env = {e["name"]: e for e in sidecar["env"]}
+    volumes = [v for v in patched["spec"]["volumes"] if "secret" in v]
+    status = json.loads(patched["metadata"]["annotations"]["agent-warden.dev/status"])
+    if secret is None:
+        assert not volumes
+        assert "AGENT_WARDEN_ADMIN_TOKEN_FILE" not in env
+        assert TOKEN_DIR not in {m["mountPath"] for m in sidecar["volumeMounts"]}
+        assert "adminTokenSecret" not in status
+        return
+    [volume] = volumes
+    assert volume["secret"] == {
+        "secretName": secret,
+        "items": [{"key": key, "path": "token"}],
+        "optional": False,
+    }
+    [mount] = [m for m in sidecar["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount == {"name": volume["name"], "mountPath": TOKEN_DIR, "readOnly": True}
+    assert env["AGENT_WARDEN_ADMIN_TOKEN_FILE"] == {
+        "name": "AGENT_WARDEN_ADMIN_TOKEN_FILE",
+        "value": f"{TOKEN_DIR}/token",
+    }
+    assert status["adminTokenSecret"] == secret
+    assert volume["name"] in status["volumes"]
+    # The kubelet's probes stay tokenless: plain httpGet on the admin port.
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert set(sidecar[probe]["httpGet"]) == {"path", "port"}
+
+
+CHART_VALUES: dict[str, tuple[dict[str, Any], str | None, str | None]] = {
+    "enabled": ({}, "agent-warden-admin-token", "token"),
+    "existing-secret": (
+        {"admin": {"tokenSecret": {"existing": "team-admin", "key": "bearer"}}},
+        "team-admin",
+        "bearer",
+    ),
+    "disabled": ({"admin": {"token": {"enabled": False}}}, None, None),
+}
+
+
+def chart_injector_config(values: dict[str, Any]) -> str:
+    """The injector config file the Helm chart renders for ``values``."""
+    helm_python = pytest.importorskip("helm_python")
+    with helm_python.Chart.load(REPO_ROOT / "helm" / "agent-warden") as chart:
+        manifests = chart.render(values, name="warden", namespace="agent-warden-system")
+    configmap = yaml.safe_load(manifests["agent-warden/templates/injector-configmap.yaml"])
+    text: str = configmap["data"]["config.yaml"]
+    return text
+
+
+@pytest.mark.parametrize("case", sorted(CHART_VALUES))
+def test_the_chart_configured_webhook_injects_the_admin_token(tmp_path: Path, case: str) -> None:
+    """Chart values -> injector config -> the webhook over TLS -> the pod's volume and env."""
+    values, secret, key = CHART_VALUES[case]
+    config = tmp_path / "config.yaml"
+    config.write_text(chart_injector_config(values))
+    hook = start_webhook(tmp_path, "--config", str(config))
+    try:
+        pod = golden_pod("operator-admin-token")  # has volumes: ours are appended
+        response = hook.review(pod)
+        assert response["patchType"] == "JSONPatch"
+        patched = jsonpatch.apply_patch(pod, json.loads(base64.b64decode(response["patch"])))
+        kubernetes_validate.validate(patched, "1.30", strict=True)
+        assert_admin_token(patched, secret, key)
+        assert patched["spec"]["volumes"][0]["name"] == "scratch"
+        # Injection stays idempotent: the patched pod, reviewed again, gets no patch.
+        assert "patch" not in hook.review(patched)
+    finally:
+        assert hook.stop() == 0

@@ -12,6 +12,7 @@ import base64
 import datetime as dt
 import json
 import re
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +54,10 @@ INJECTOR_KEYS = {
     "resources",
     "drainSeconds",
     "env",
+    "adminTokenSecret",
+    "adminTokenKey",
 }
+ADMIN_SECRET = "agent-warden-admin-token"
 
 EVERYTHING: dict[str, Any] = {
     "replicas": 3,
@@ -113,6 +117,12 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "policy": {"namespaces": ["agents"]},
     },
     "redis-store-existing-secret": {"store": {"existingSecret": "team-redis", "secretKey": "u"}},
+    "admin-token-existing": {"admin": {"tokenSecret": {"existing": "team-admin", "key": "bearer"}}},
+    "admin-token-disabled": {"admin": {"token": {"enabled": False}}},
+    "admin-token-renamed": {
+        "admin": {"tokenSecret": {"name": "warden-admin", "key": "admin.token"}},
+        "policy": {"namespaces": ["agents"]},
+    },
     "everything": EVERYTHING,
 }
 
@@ -247,9 +257,8 @@ def test_every_object_carries_the_standard_labels(chart: Any, scenario: str) -> 
         labels = obj["metadata"]["labels"]
         where = f"{obj['kind']}/{obj['metadata']['name']}"
         assert expected.items() <= labels.items(), where
-        assert labels["app.kubernetes.io/component"] in {"webhook", "policy", "store", "test"}, (
-            where
-        )
+        components = {"webhook", "policy", "store", "admin", "test"}
+        assert labels["app.kubernetes.io/component"] in components, where
         if obj["kind"] == "Deployment":
             pod_labels = obj["spec"]["template"]["metadata"]["labels"]
             assert expected.items() <= pod_labels.items()
@@ -265,6 +274,7 @@ def test_default_values_render_the_expected_objects(chart: Any) -> None:
         ("MutatingWebhookConfiguration", FULLNAME),
         ("Pod", f"{FULLNAME}-test-healthz"),
         ("PodDisruptionBudget", FULLNAME),
+        ("Secret", ADMIN_SECRET),
         ("Secret", f"{FULLNAME}-tls"),
         ("Service", FULLNAME),
         ("ServiceAccount", FULLNAME),
@@ -322,6 +332,14 @@ BAD_VALUES = [
     ({"podDisruptionBudget": {"minAvailable": "half"}}, "/podDisruptionBudget/minAvailable"),
     ({"resources": {"limits": {"memory": ["1Gi"]}}}, "/resources/limits/memory"),
     ({"test": {"image": {"tag": ""}}}, "/test/image/tag"),
+    ({"admin": {"token": {"enabled": "yes"}}}, "/admin/token/enabled"),
+    ({"admin": {"token": {"secret": "x"}}}, "secret"),
+    ({"admin": {"tokenSecret": {"name": "Admin_Token"}}}, "/admin/tokenSecret/name"),
+    ({"admin": {"tokenSecret": {"name": ""}}}, "/admin/tokenSecret/name"),
+    ({"admin": {"tokenSecret": {"existing": "team admin"}}}, "/admin/tokenSecret/existing"),
+    ({"admin": {"tokenSecret": {"key": ""}}}, "/admin/tokenSecret/key"),
+    ({"admin": {"tokenSecret": {"key": "a/b"}}}, "/admin/tokenSecret/key"),
+    ({"admin": {"tokenSecret": {"key": ".."}}}, "/admin/tokenSecret/key"),
 ]
 
 
@@ -342,6 +360,10 @@ def test_values_schema_rejects_bad_values(chart: Any, values: dict[str, Any], wh
             "A is given twice",
         ),
         ({"policy": {"existingConfigMap": "team", "namespaces": ["agents"]}}, "yourself"),
+        (
+            {"injector": {"env": [{"name": "AGENT_WARDEN_ADMIN_TOKEN_FILE", "value": "/t"}]}},
+            "AGENT_WARDEN_ADMIN_TOKEN_FILE is set by the injector",
+        ),
     ],
 )
 def test_templates_refuse_inconsistent_values(
@@ -502,7 +524,8 @@ def test_generated_tls_ca_signed_the_serving_certificate(chart: Any) -> None:
 
 def test_cert_manager_issues_the_certificate_and_injects_the_ca(chart: Any) -> None:
     rendered = render(chart, SCENARIOS["cert-manager"])
-    assert not rendered.all("Secret")  # cert-manager writes it
+    # cert-manager writes the serving Secret; the chart's only Secret is the admin token.
+    assert [s["metadata"]["name"] for s in rendered.all("Secret")] == [ADMIN_SECRET]
     config = rendered.one("MutatingWebhookConfiguration")
     serving = rendered.one("Certificate", f"{FULLNAME}-serving")
     annotation = config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
@@ -656,6 +679,8 @@ def test_injector_config_defaults(chart: Any) -> None:
         "resources": chart.values["injector"]["resources"],
         "drainSeconds": 20,
         "env": [],
+        "adminTokenSecret": ADMIN_SECRET,
+        "adminTokenKey": "token",
     }
 
 
@@ -691,6 +716,8 @@ def test_injector_config_has_the_values_given(chart: Any) -> None:
         "resources": resources,
         "drainSeconds": 45,
         "env": env,
+        "adminTokenSecret": ADMIN_SECRET,
+        "adminTokenKey": "token",
     }
 
 
@@ -705,6 +732,8 @@ def test_the_injector_accepts_the_rendered_config(chart: Any, scenario: str) -> 
     assert parsed.image_ref == f"{given['image']}:{given['tag']}"
     assert parsed.policy_config_map == given["policyConfigMap"]
     assert list(parsed.env) == given["env"]
+    assert parsed.admin_token_secret == given["adminTokenSecret"]
+    assert parsed.admin_token_key == given["adminTokenKey"]
 
 
 def policy_configmaps(rendered: Rendered) -> list[dict[str, Any]]:
@@ -755,7 +784,7 @@ def test_names_fit_kubernetes_limits(chart: Any) -> None:
         rendered = render(chart, SCENARIOS[scenario], release=long_release)
         for obj in rendered.objects:
             assert len(obj["metadata"]["name"]) <= 63, obj["metadata"]["name"]
-    secret = rendered.one("Secret")
+    [secret] = [s for s in rendered.all("Secret") if s["type"] == "kubernetes.io/tls"]
     leaf = x509.load_pem_x509_certificate(b64(secret["data"]["tls.crt"]))
     sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert f"{rendered.one('Service')['metadata']['name']}.{NAMESPACE}.svc" in (
@@ -771,6 +800,8 @@ def test_notes_explain_opt_in_policy_and_sessions(chart: Any) -> None:
         "agent-warden.dev/upstream-port",
         "--set-file policy.inline=",
         "localhost:15021/sessions",
+        "kubectl get secret agent-warden-admin-token -n <ns> -o jsonpath='{.data.token}'",
+        "Authorization: Bearer $TOKEN",
         f"helm test {RELEASE} -n {NAMESPACE}",
         "failurePolicy Ignore",
     ):
@@ -830,3 +861,141 @@ def test_an_existing_store_secret_is_referenced_not_created(chart: Any) -> None:
 def test_without_a_store_the_sidecars_keep_sessions_in_memory(chart: Any) -> None:
     rendered = render(chart)
     assert not [e for e in _sidecar_env(rendered) if e["name"] == "AGENT_WARDEN_STORE"]
+
+
+# --- the sidecars' admin token ---------------------------------------------------------
+
+
+def admin_secrets(rendered: Rendered) -> dict[str, dict[str, Any]]:
+    """The chart's admin-token Secrets by namespace."""
+    found = [
+        o
+        for o in rendered.all("Secret")
+        if o["metadata"]["labels"]["app.kubernetes.io/component"] == "admin"
+    ]
+    by_namespace = {o["metadata"]["namespace"]: o for o in found}
+    assert len(by_namespace) == len(found), "one admin Secret per namespace"
+    return by_namespace
+
+
+def test_admin_token_secret_in_each_injected_namespace(chart: Any) -> None:
+    """Like the store Secret: the release namespace and policy.namespaces, one token each."""
+    rendered = render(chart, {"policy": {"namespaces": ["agents", "billing"]}})
+    secrets = admin_secrets(rendered)
+    assert set(secrets) == {NAMESPACE, "agents", "billing"}
+    tokens = set()
+    for secret in secrets.values():
+        assert secret["metadata"]["name"] == ADMIN_SECRET
+        assert secret["type"] == "Opaque"
+        assert set(secret["data"]) == {"token"}
+        token = b64(secret["data"]["token"]).decode()
+        assert re.fullmatch(r"[A-Za-z0-9]{48}", token), token
+        tokens.add(token)
+    assert len(tokens) == 3  # a namespace's token opens no other namespace's sidecars
+    config = injector_config(rendered)
+    assert (config["adminTokenSecret"], config["adminTokenKey"]) == (ADMIN_SECRET, "token")
+
+
+def test_admin_token_secret_with_another_name_and_key(chart: Any) -> None:
+    rendered = render(chart, SCENARIOS["admin-token-renamed"])
+    secrets = admin_secrets(rendered)
+    assert set(secrets) == {NAMESPACE, "agents"}
+    for secret in secrets.values():
+        assert secret["metadata"]["name"] == "warden-admin"
+        assert set(secret["data"]) == {"admin.token"}
+    config = injector_config(rendered)
+    assert (config["adminTokenSecret"], config["adminTokenKey"]) == ("warden-admin", "admin.token")
+    assert "-o jsonpath='{.data.admin\\.token}'" in rendered.notes
+
+
+def test_an_existing_admin_token_secret_is_mounted_not_created(chart: Any) -> None:
+    rendered = render(chart, SCENARIOS["admin-token-existing"])
+    assert not admin_secrets(rendered)
+    config = injector_config(rendered)
+    assert (config["adminTokenSecret"], config["adminTokenKey"]) == ("team-admin", "bearer")
+    assert "kubectl get secret team-admin -n <ns> -o jsonpath='{.data.bearer}'" in rendered.notes
+
+
+def test_admin_token_disabled(chart: Any) -> None:
+    rendered = render(chart, SCENARIOS["admin-token-disabled"])
+    assert not admin_secrets(rendered)
+    assert injector_config(rendered)["adminTokenSecret"] == ""
+    assert "loopback" in rendered.notes
+    assert "Authorization" not in rendered.notes
+    assert ADMIN_SECRET not in rendered.notes
+    # Disabled, the variable is the operator's to set.
+    env = [{"name": "AGENT_WARDEN_ADMIN_TOKEN_FILE", "value": "/t"}]
+    render(chart, {**SCENARIOS["admin-token-disabled"], "injector": {"env": env}})
+
+
+@pytest.mark.parametrize(
+    "scenario", ["default", "admin-token-existing", "admin-token-disabled", "admin-token-renamed"]
+)
+def test_the_injected_pod_mounts_the_secret_the_chart_names(chart: Any, scenario: str) -> None:
+    """Chart to injector to pod: the volume reads the Secret (and key) the chart provides."""
+    inject_config = pytest.importorskip("proxy.inject.config")
+    patch = pytest.importorskip("proxy.inject.patch")
+    jsonpatch = pytest.importorskip("jsonpatch")
+    values = SCENARIOS[scenario]
+    rendered = render(chart, values)
+    text = rendered.one("ConfigMap", f"{FULLNAME}-injector")["data"]["config.yaml"]
+    config = inject_config.parse_config(text, "config.yaml")
+    pod = yaml.safe_load((ROOT / "tests" / "data" / "inject" / "plain.pod.yaml").read_text())
+    pod["metadata"]["namespace"] = NAMESPACE  # where the chart surely created its Secret
+    patched = jsonpatch.apply_patch(pod, json.loads(patch.decide(pod, config).patch_json()))
+    kubernetes_validate.validate(patched, KUBE_VERSION, strict=True)
+    [sidecar] = patched["spec"]["initContainers"]
+    env = {e["name"]: e.get("value") for e in sidecar["env"]}
+    secrets = [v["secret"] for v in patched["spec"]["volumes"] if "secret" in v]
+    if scenario == "admin-token-disabled":
+        assert not secrets
+        assert "AGENT_WARDEN_ADMIN_TOKEN_FILE" not in env
+        return
+    [secret] = secrets
+    assert secret["optional"] is False
+    [item] = secret["items"]
+    assert (
+        env["AGENT_WARDEN_ADMIN_TOKEN_FILE"] == "/var/run/agent-warden/admin-token/" + item["path"]
+    )
+    if scenario == "admin-token-existing":
+        assert (secret["secretName"], item["key"]) == ("team-admin", "bearer")
+    else:
+        created = admin_secrets(rendered)[NAMESPACE]
+        assert secret["secretName"] == created["metadata"]["name"]
+        assert item["key"] in created["data"]
+
+
+def test_the_admin_token_template_looks_up_the_secret_it_writes() -> None:
+    """Upgrades keep the token: the Secret's own name and namespace are looked up."""
+    template = (CHART_DIR / "templates" / "admin-token-secret.yaml").read_text()
+    assert 'lookup "v1" "Secret" $namespace $.Values.admin.tokenSecret.name' in template
+    assert '(dict "found" $found "key" $.Values.admin.tokenSecret.key)' in template
+
+
+PROBE = """\
+{{- $kept := dict "data" (dict "token" ("kept-token-from-the-cluster" | b64enc)) }}
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: token-probe
+data:
+  kept: {{ include "agent-warden.adminToken" (dict "found" $kept "key" "token") | quote }}
+  otherKey: {{ include "agent-warden.adminToken" (dict "found" $kept "key" "other") | quote }}
+  absent: {{ include "agent-warden.adminToken" (dict "found" (dict) "key" "token") | quote }}
+{{- $noData := dict "data" nil }}
+  noData: {{ include "agent-warden.adminToken" (dict "found" $noData "key" "token") | quote }}
+"""
+
+
+def test_an_existing_token_survives_an_upgrade(tmp_path: Path) -> None:
+    """The helper under the real engine, fed what lookup returns for an existing Secret
+    (offline rendering cannot reach a cluster, so a probe template stands in for it)."""
+    copy = tmp_path / "agent-warden"
+    shutil.copytree(CHART_DIR, copy)
+    (copy / "templates" / "zz-token-probe.yaml").write_text(PROBE)
+    with helm_python.Chart.load(copy) as probe_chart:
+        data = render(probe_chart).one("ConfigMap", "token-probe")["data"]
+    assert b64(data["kept"]) == b"kept-token-from-the-cluster"
+    for fresh in ("otherKey", "absent", "noData"):
+        assert re.fullmatch(rb"[A-Za-z0-9]{48}", b64(data[fresh])), fresh
+    assert len({data["otherKey"], data["absent"], data["noData"]}) == 3

@@ -26,6 +26,8 @@ from proxy.config import ConfigError
 from proxy.inject.config import InjectConfig, load_config, parse_config
 from proxy.inject.patch import (
     ADMIN_PORT_NAME,
+    ADMIN_TOKEN_ENV,
+    ADMIN_TOKEN_FILE,
     INJECT,
     SIDECAR_NAME,
     STATUS,
@@ -102,6 +104,8 @@ def test_every_case_is_present() -> None:
         "classic",
         "init-containers",
         "grace-period",
+        "no-admin-token",
+        "operator-admin-token",
     }
     assert expected <= set(CASES)
 
@@ -178,7 +182,7 @@ def test_named_port_takeover() -> None:
     assert status["renamedPorts"] == {"http": "app-http"}
     assert "--protocol" in sidecar["args"]
     assert sidecar["args"][sidecar["args"].index("--protocol") + 1] == "mcp"
-    volume = patched["spec"]["volumes"][-1]
+    [volume] = [v for v in patched["spec"]["volumes"] if "configMap" in v]
     assert volume["configMap"] == {"name": "billing-policy", "optional": False}
 
 
@@ -220,9 +224,18 @@ def test_the_sidecar_as_specified() -> None:
         "seccompProfile": {"type": "RuntimeDefault"},
     }
     assert sidecar["volumeMounts"] == [
-        {"name": "agent-warden-policy", "mountPath": "/etc/agent-warden", "readOnly": True}
+        {"name": "agent-warden-policy", "mountPath": "/etc/agent-warden", "readOnly": True},
+        {
+            "name": "agent-warden-admin-token",
+            "mountPath": "/var/run/agent-warden/admin-token",
+            "readOnly": True,
+        },
     ]
     env = {e["name"]: e for e in sidecar["env"]}
+    assert env[ADMIN_TOKEN_ENV] == {
+        "name": "AGENT_WARDEN_ADMIN_TOKEN_FILE",
+        "value": "/var/run/agent-warden/admin-token/token",
+    }
     assert env["OTEL_SERVICE_NAME"]["value"] == "echo-agent"
     assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert env["OTEL_RESOURCE_ATTRIBUTES"]["value"] == (
@@ -430,7 +443,7 @@ def test_the_patch_is_minimal() -> None:
 def test_existing_volume_name_is_not_reused() -> None:
     p = pod(volumes=[{"name": "agent-warden-policy", "emptyDir": {}}])
     patched = apply(p, decide(p, InjectConfig()))
-    assert patched["spec"]["volumes"][-1]["name"] == "agent-warden-policy-2"
+    assert patched["spec"]["volumes"][1]["name"] == "agent-warden-policy-2"
     assert sidecar_of(patched)["volumeMounts"][0]["name"] == "agent-warden-policy-2"
     kubernetes_validate.validate(patched, K8S_VERSION, strict=True)
 
@@ -446,6 +459,7 @@ def test_config_env_overrides_ours_in_place() -> None:
         "POD_NAMESPACE",
         "OTEL_SERVICE_NAME",
         "OTEL_RESOURCE_ATTRIBUTES",
+        ADMIN_TOKEN_ENV,
         "EXTRA",
     ]
     assert env[2]["value"] == "fixed"
@@ -498,6 +512,8 @@ def test_full_config() -> None:
         resources: {requests: {cpu: 10m}, limits: {cpu: 2}}
         drainSeconds: 5
         env: [{name: A, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}]
+        adminTokenSecret: warden-admin
+        adminTokenKey: bearer
         """
     )
     config = parse_config(text, "c.yaml")
@@ -515,6 +531,8 @@ def test_full_config() -> None:
         resources={"requests": {"cpu": "10m"}, "limits": {"cpu": "2"}},
         drain_seconds=5,
         env=({"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},),
+        admin_token_secret="warden-admin",
+        admin_token_key="bearer",
     )
     assert config.image_ref == "r.example.com/aw:1.2"
 
@@ -583,3 +601,132 @@ def test_the_inject_label_asks_like_the_annotation() -> None:
     assert decide(pod, InjectConfig(inject_by_default=False)).patch
     pod["metadata"]["labels"]["agent-warden.dev/inject"] = "false"  # type: ignore[index]
     assert not decide(pod, InjectConfig(inject_by_default=True)).patch
+
+
+# --- the admin API token ---------------------------------------------------------------
+
+
+def token_volume(patched: dict[str, Any]) -> dict[str, Any]:
+    [volume] = [v for v in patched["spec"]["volumes"] if "secret" in v]
+    return volume
+
+
+def test_the_admin_token_comes_from_a_secret_the_pod_waits_for() -> None:
+    """Like the policy ConfigMap: a missing Secret holds the pod, never a tokenless sidecar."""
+    patched = read_yaml(DATA / "plain.patched.yaml")
+    volume = token_volume(patched)
+    assert volume == {
+        "name": "agent-warden-admin-token",
+        "secret": {
+            "secretName": "agent-warden-admin-token",
+            "items": [{"key": "token", "path": "token"}],
+            "optional": False,
+        },
+    }
+    sidecar = sidecar_of(patched)
+    [mount] = [m for m in sidecar["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["readOnly"] is True
+    assert "subPath" not in mount  # a rotated Secret reaches the file
+    env = {e["name"]: e.get("value") for e in sidecar["env"]}
+    assert env[ADMIN_TOKEN_ENV] == f"{mount['mountPath']}/token" == ADMIN_TOKEN_FILE
+    status = json.loads(patched["metadata"]["annotations"][STATUS])
+    assert status["adminTokenSecret"] == "agent-warden-admin-token"
+    assert status["volumes"] == ["agent-warden-policy", "agent-warden-admin-token"]
+
+
+def test_the_probes_need_no_token() -> None:
+    sidecar = sidecar_of(read_yaml(DATA / "plain.patched.yaml"))
+    for probe, path in (
+        ("startupProbe", "/readyz"),
+        ("readinessProbe", "/readyz"),
+        ("livenessProbe", "/livez"),
+    ):
+        assert sidecar[probe]["httpGet"] == {"path": path, "port": 15021}
+
+
+def test_an_operators_secret_and_key() -> None:
+    patched = read_yaml(DATA / "operator-admin-token.patched.yaml")
+    assert token_volume(patched)["secret"] == {
+        "secretName": "team-admin-token",
+        "items": [{"key": "bearer", "path": "token"}],  # the file is always .../token
+        "optional": False,
+    }
+    env = {e["name"]: e.get("value") for e in sidecar_of(patched)["env"]}
+    assert env[ADMIN_TOKEN_ENV] == ADMIN_TOKEN_FILE
+
+
+def test_no_admin_token_leaves_no_trace() -> None:
+    patched = read_yaml(DATA / "no-admin-token.patched.yaml")
+    assert [v["name"] for v in patched["spec"]["volumes"]] == ["agent-warden-policy"]
+    sidecar = sidecar_of(patched)
+    assert [m["name"] for m in sidecar["volumeMounts"]] == ["agent-warden-policy"]
+    assert ADMIN_TOKEN_ENV not in {e["name"] for e in sidecar["env"]}
+    status = json.loads(patched["metadata"]["annotations"][STATUS])
+    assert "adminTokenSecret" not in status
+    assert status["volumes"] == ["agent-warden-policy"]
+
+
+def test_existing_volumes_get_each_of_ours_appended() -> None:
+    p = pod(volumes=[{"name": "data", "emptyDir": {}}])
+    ops = [(op["op"], op["path"]) for op in decide(p, InjectConfig()).patch]
+    assert ops == [
+        ("add", "/spec/initContainers"),
+        ("add", "/spec/volumes/-"),
+        ("add", "/spec/volumes/-"),
+        ("add", "/metadata/annotations/agent-warden.dev~1status"),
+    ]
+
+
+def test_the_token_volume_name_avoids_the_pods_own() -> None:
+    p = pod(
+        volumes=[
+            {"name": "agent-warden-policy", "emptyDir": {}},
+            {"name": "agent-warden-admin-token", "emptyDir": {}},
+            {"name": "agent-warden-policy-2", "emptyDir": {}},
+        ]
+    )
+    patched = apply(p, decide(p, InjectConfig()))
+    names = [v["name"] for v in patched["spec"]["volumes"]]
+    assert names[3:] == ["agent-warden-policy-3", "agent-warden-admin-token-2"]
+    assert [m["name"] for m in sidecar_of(patched)["volumeMounts"]] == names[3:]
+    assert token_volume(patched)["name"] == "agent-warden-admin-token-2"
+    kubernetes_validate.validate(patched, K8S_VERSION, strict=True)
+
+
+def test_config_env_may_replace_the_token_file_variable_in_place() -> None:
+    config = parse_config(f"env: [{{name: {ADMIN_TOKEN_ENV}, value: /elsewhere}}]\n", "c.yaml")
+    env = sidecar_of(apply(pod(), decide(pod(), config)))["env"]
+    assert [e["name"] for e in env][-1] == ADMIN_TOKEN_ENV
+    assert env[-1]["value"] == "/elsewhere"
+    assert [e["name"] for e in env].count(ADMIN_TOKEN_ENV) == 1
+
+
+def test_a_pod_injected_before_the_admin_token_is_still_already_injected() -> None:
+    """Idempotence across an upgrade of the webhook: the old status annotation suffices."""
+    old = read_yaml(DATA / "no-admin-token.patched.yaml")
+    decision = decide(old, InjectConfig())
+    assert decision == Decision((), "already injected")
+
+
+def test_admin_token_config_keys() -> None:
+    assert InjectConfig().admin_token_secret == "agent-warden-admin-token"
+    assert InjectConfig().admin_token_key == "token"
+    config = parse_config("adminTokenSecret: team.token\nadminTokenKey: my_key.txt\n", "c.yaml")
+    assert (config.admin_token_secret, config.admin_token_key) == ("team.token", "my_key.txt")
+    assert parse_config("adminTokenSecret: ''\n", "c.yaml").admin_token_secret == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("adminTokenSecret: Team_Token\n", "c.yaml:1: adminTokenSecret: invalid Secret name"),
+        ("adminTokenSecret: null\n", "c.yaml:1: adminTokenSecret: expected a string"),
+        ("adminTokenKey: ''\n", "c.yaml:1: adminTokenKey: invalid Secret key"),
+        ("adminTokenKey: a/b\n", "c.yaml:1: adminTokenKey: invalid Secret key"),
+        ("adminTokenSecrets: x\n", "c.yaml:1: adminTokenSecrets: unknown key, did you mean"),
+    ],
+)
+def test_admin_token_config_problems(text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "c.yaml")
+    assert str(info.value).startswith(expected), str(info.value)

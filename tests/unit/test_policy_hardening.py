@@ -200,7 +200,7 @@ def test_merge_bomb_is_expanded_once_per_mapping(tmp_path: Path) -> None:
     out = measure(tmp_path, text)
     assert out["problems"] == [
         "bomb.yaml:2: defaults.bogus: unknown key; "
-        "expected one of: mode, session, budget, rate_limit, tools, methods"
+        "expected one of: mode, session, budget, rate_limit, tools, methods, require_scopes"
     ]
     assert number(out, "seconds") < 2.0, out
     assert number(out, "peak") < PEAK, out

@@ -449,7 +449,7 @@ def test_bad_files_report_every_problem(expected: Path, monkeypatch: pytest.Monk
             "version: 1\npolicies:\n  - name: a\n    match: {agents: [a]}\n    origins: {}\n",
             [
                 "p.yaml:5: policies[0].origins: unknown key; expected one of: "
-                "name, match, mode, session, budget, rate_limit, tools, methods"
+                "name, match, mode, session, budget, rate_limit, tools, methods, require_scopes"
             ],
         ),
         (

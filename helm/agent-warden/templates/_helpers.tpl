@@ -159,3 +159,25 @@ rules:
     resources: ["pods"]
     scope: Namespaced
 {{- end }}
+
+{{/*
+An admin token, base64 for a Secret's data; called with (dict "found" $secret "key" $key),
+$secret what lookup returned (empty under helm template): its token when it holds one,
+else 48 random letters and digits.
+*/}}
+{{- define "agent-warden.adminToken" -}}
+{{- $data := (.found | default dict).data | default dict }}
+{{- $current := get $data .key }}
+{{- if $current }}
+{{- $current }}
+{{- else }}
+{{- randAlphaNum 48 | b64enc }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret holding the sidecars' admin token, "" when there is none. */}}
+{{- define "agent-warden.adminTokenSecret" -}}
+{{- if .Values.admin.token.enabled }}
+{{- .Values.admin.tokenSecret.existing | default .Values.admin.tokenSecret.name }}
+{{- end }}
+{{- end }}
