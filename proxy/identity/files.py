@@ -22,7 +22,9 @@ import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, NamedTuple, TypeVar
+from typing import Generic, TypeVar
+
+from proxy.files import Fingerprint, fingerprint
 
 __all__ = ["MAX_FILE_BYTES", "WatchedFile", "read_bounded"]
 
@@ -34,27 +36,9 @@ MAX_FILE_BYTES = 4 << 20
 """The largest file read (4 MiB: some 50,000 API keys, or a JWKS of hundreds of keys)."""
 
 
-class _Fingerprint(NamedTuple):
-    ino: int
-    dev: int
-    mtime_ns: int
-    ctime_ns: int
-    size: int
-    realpath: str
-
-
 @dataclass(frozen=True, slots=True)
 class _Bad:
     problem: str
-
-
-def _fingerprint(path: str) -> _Fingerprint | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    real = os.path.realpath(path)
-    return _Fingerprint(st.st_ino, st.st_dev, st.st_mtime_ns, st.st_ctime_ns, st.st_size, real)
 
 
 def read_bounded(path: str, limit: int = MAX_FILE_BYTES) -> bytes:
@@ -121,7 +105,7 @@ class WatchedFile(Generic[T]):
         self._clock = clock
         self._interval = interval
         self._checked = -math.inf
-        self._seen: _Fingerprint | None = None
+        self._seen: Fingerprint | None = None
         self._sha256: str | None = None
         self._rejected: str | None = None
         self._lock = asyncio.Lock()
@@ -144,7 +128,7 @@ class WatchedFile(Generic[T]):
 
     async def _check(self, now: float) -> None:
         self._checked = now
-        fp = _fingerprint(self.path)
+        fp = fingerprint(self.path)
         if fp is not None and fp == self._seen:
             return
         key, result = await asyncio.to_thread(_load, self.path, self._parse)

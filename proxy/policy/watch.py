@@ -26,36 +26,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import signal
 from collections.abc import Callable
-from typing import NamedTuple
 
+from proxy.files import Fingerprint, fingerprint
 from proxy.policy.load import PolicyError, Problem, parse_policy_bytes, read_policy_file
 from proxy.policy.model import PolicyFile
 
 __all__ = ["PolicyWatcher"]
 
 log = logging.getLogger("agent_warden.policy")
-
-
-class _Fingerprint(NamedTuple):
-    ino: int
-    dev: int
-    mtime_ns: int
-    ctime_ns: int
-    size: int
-    realpath: str
-
-
-def _fingerprint(path: str) -> _Fingerprint | None:
-    """Cheap identity of what ``path`` names now; None when it cannot be stat'ed."""
-    real = os.path.realpath(path)
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return _Fingerprint(st.st_ino, st.st_dev, st.st_mtime_ns, st.st_ctime_ns, st.st_size, real)
 
 
 def _read(path: str) -> tuple[str, PolicyFile | PolicyError]:
@@ -102,7 +82,7 @@ class PolicyWatcher:
         """Why the file's current version was rejected; None when it is in force."""
         self._on_change = on_change
         self._on_error = on_error
-        self._seen: _Fingerprint | None = None  # the fingerprint at the last read
+        self._seen: Fingerprint | None = None  # the fingerprint at the last read
         self._absent = False  # the previous tick found no file
         self._rejected: str | None = None  # key of the last reported bad version
         self._lock = asyncio.Lock()  # one read at a time: ticks and forced reloads
@@ -132,12 +112,12 @@ class PolicyWatcher:
     async def reload(self, reason: str = "sighup") -> bool:
         """Read and apply the file now, whatever the fingerprint says; True on success."""
         async with self._lock:
-            return await self._load(_fingerprint(self.path), reason, forced=True)
+            return await self._load(fingerprint(self.path), reason, forced=True)
 
     async def check(self) -> None:
         """One polling tick: reload if the file's content changed (what the task runs)."""
         async with self._lock:
-            fp = _fingerprint(self.path)
+            fp = fingerprint(self.path)
             if fp is None and not self._absent:
                 self._absent = True  # perhaps mid-swap: look again next tick
                 return
@@ -169,7 +149,7 @@ class PolicyWatcher:
             except Exception:  # a failing callback must not end the watch
                 log.exception("policy watch tick failed", extra={"path": self.path})
 
-    async def _load(self, fp: _Fingerprint | None, reason: str, *, forced: bool) -> bool:
+    async def _load(self, fp: Fingerprint | None, reason: str, *, forced: bool) -> bool:
         try:
             key, result = await asyncio.to_thread(_read, self.path)
         except OSError as exc:
