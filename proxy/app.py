@@ -79,24 +79,31 @@ class IdentityService:
 
     async def open(self, identity: Identity) -> None:
         self._client = ClientSession(timeout=ClientTimeout(total=10), cookie_jar=DummyCookieJar())
-        await self._switch(identity)
+        self._identity = identity
+        self.verifier = build_verifier(identity, self._client)
+        if self.verifier is not None:
+            await self.verifier.start()  # never raises: without keys, tokens wait or are refused
 
     def follow(self, identity: Identity) -> None:
+        """The verifier of ``identity`` takes over at once (the newest reload wins by
+        construction); it fetches its keys in the background, and a verification that
+        needs them before they arrive waits for that one fetch or is refused."""
         if self._client is None or identity == self._identity:
             return
-        task = asyncio.get_running_loop().create_task(self._switch(identity))
-        self._switching.add(task)
-        task.add_done_callback(self._switching.discard)
+        self._switch(identity)
 
-    async def _switch(self, identity: Identity) -> None:
+    def _switch(self, identity: Identity) -> None:
         assert self._client is not None
         self._identity = identity
-        new = build_verifier(identity, self._client)
-        if new is not None:
-            await new.start()  # never raises: without keys, tokens are refused until they come
-        old, self.verifier = self.verifier, new
-        if old is not None:
-            await old.aclose()
+        old, self.verifier = self.verifier, build_verifier(identity, self._client)
+        for work in (
+            self.verifier.start() if self.verifier else None,
+            old.aclose() if old else None,
+        ):
+            if work is not None:
+                task = asyncio.get_running_loop().create_task(work)
+                self._switching.add(task)
+                task.add_done_callback(self._switching.discard)
 
     async def close(self) -> None:
         for task in list(self._switching):

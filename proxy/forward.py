@@ -292,10 +292,20 @@ class Forwarder:
         # Who is calling comes first: nothing of a body is read for a caller refused anyway.
         identity = self._gate.identity()
         meta = identity.resource_metadata
-        if meta is not None and request.path.startswith(WELL_KNOWN) and request.method == "GET":
+        path = request.path
+        if (
+            meta is not None
+            and request.method == "GET"
+            and (path == WELL_KNOWN or path.startswith(WELL_KNOWN + "/"))
+        ):
             return self._metadata(request, meta)
         metadata_url = self._metadata_url(request, meta)
-        caller = await self._gate.caller(request.headers, metadata_url)
+        # What a client reads before it can hold a credential: the agent card (it names the
+        # scheme to use) and CORS preflights. Without a credential these pass as anonymous.
+        public = request.method == "OPTIONS" or (
+            request.method in ("GET", "HEAD") and a2a.is_agent_card_path(path)
+        )
+        caller = await self._gate.caller(request.headers, metadata_url, public=public)
         refused: WardenError | None = None
         if isinstance(caller, WardenError):
             request[_OUTCOME] = RequestOutcome.DENIED

@@ -163,7 +163,11 @@ class Gate:
         return self._policy().origins.allows(origin)
 
     async def caller(
-        self, headers: CIMultiDictProxy[str], metadata_url: str | None = None
+        self,
+        headers: CIMultiDictProxy[str],
+        metadata_url: str | None = None,
+        *,
+        public: bool = False,
     ) -> Credential | WardenError:
         """Who is calling, before any body is read: the verified credential, or the error to
         answer. ``metadata_url`` is where this resource's RFC 9728 metadata is served (for
@@ -185,9 +189,12 @@ class Gate:
         verifier = self._verifier()
         outcome = await verifier.verify(headers) if verifier is not None else None
         if isinstance(outcome, Credential):
+            if not outcome.agent.isascii():
+                # A header value upstream is ASCII: anything else may be read as another id.
+                return self._unauthenticated(metadata_url, "agent id not ASCII", presented=True)
             return outcome
         if outcome is None:
-            if not identity.required:
+            if not identity.required or public:
                 return _ANONYMOUS
             return self._missing(policy, metadata_url)
         return self._unauthenticated(metadata_url, outcome.detail, presented=outcome.presented)
