@@ -12,22 +12,18 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import (
-    ClientConnectionError,
-    ClientConnectorError,
-    ClientPayloadError,
-    ClientResponse,
-    ClientResponseError,
-    ClientSession,
-    ConnectionTimeoutError,
-    ServerDisconnectedError,
-    hdrs,
-    web,
-)
+from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from proxy.config import Settings
+from proxy.dataplane import (
+    UpstreamConnectTimeout,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
 from proxy.errors import (
     E,
     Rendered,
@@ -164,10 +160,10 @@ def filter_headers(headers: CIMultiDictProxy[str], drop: frozenset[str]) -> CIMu
 
 
 def upstream_failure(exc: BaseException) -> E:
-    """The aiohttp client exception tree as a table, most specific first."""
-    if isinstance(exc, ConnectionTimeoutError | ClientConnectorError):
-        return E.UPSTREAM_UNAVAILABLE
-    if isinstance(exc, TimeoutError):  # our header deadline, or a socket read timeout
+    """The upstream pool's failures as the errors.md section 3 rows, most specific first."""
+    if isinstance(exc, UpstreamConnectTimeout):
+        return E.UPSTREAM_UNAVAILABLE  # nothing answered at all
+    if isinstance(exc, UpstreamTimeout | TimeoutError):  # no response head in time
         return E.UPSTREAM_TIMEOUT
     return E.UPSTREAM_UNAVAILABLE
 
@@ -237,7 +233,7 @@ class Forwarder:
     def __init__(
         self,
         settings: Settings,
-        client: ClientSession,
+        client: UpstreamPool,
         error_style: Callable[[], ErrorStyle],
         gate: Gate,
         metrics: Metrics,
@@ -671,7 +667,7 @@ class Forwarder:
             headers[hdrs.ORIGIN] = self._upstream_origin
         return headers
 
-    async def _streamed_request_body(self, request: web.Request, overflow: list[bool]) -> Any:
+    async def _streamed_request_body(self, request: web.Request) -> Any:
         limit = self._settings.max_body_size
         size = 0
         while True:
@@ -680,7 +676,6 @@ class Forwarder:
                 return
             size += len(chunk)
             if size > limit:
-                overflow.append(True)  # aiohttp wraps what the body raises: flag it instead
                 raise BodyTooLarge
             yield chunk
 
@@ -695,47 +690,36 @@ class Forwarder:
         headers = self._upstream_headers(request)
         if verdict.strip_session:
             headers.popall(SESSION_HEADER, None)
-        url = URL(self._base + _target(request), encoded=True)
+        target = _target(request)
+        url = self._base + target
         data: Any = verdict.forward_body if verdict.forward_body is not None else body
-        overflow: list[bool] = []
+        length: int | None = None
         if body is None and request.body_exists:
-            if request.content_length is not None:
-                if request.content_length > self._settings.max_body_size:
-                    return self._too_large(request)
-                headers[hdrs.CONTENT_LENGTH] = str(request.content_length)
-            data = self._streamed_request_body(request, overflow)
-        attempts = 2 if request.method in _IDEMPOTENT and not request.body_exists else 1
-        trace = self._trace(request)
-        trace.upstream(request.method, str(url), headers)
-        started = time.perf_counter()
-        for attempt in range(attempts):
-            try:
-                async with asyncio.timeout(self._settings.response_timeout):
-                    resp = await self._client.request(
-                        request.method,
-                        url,
-                        headers=headers,
-                        data=data,
-                        allow_redirects=False,
-                        auto_decompress=False,
-                    )
-                break
-            except BodyTooLarge:
-                await self._gate.settle(verdict, None, None)
-                trace.upstream_answered(None, "request_too_large")
+            length = request.content_length
+            if length is not None and length > self._settings.max_body_size:
                 return self._too_large(request)
-            except ServerDisconnectedError as exc:
-                # A pooled keep-alive connection closed under us: retry idempotent requests once.
-                if attempt + 1 < attempts:
-                    continue
-                await self._gate.settle(verdict, None, None)
-                return self._upstream_error(request, info, exc)
-            except (ClientConnectionError, ClientResponseError, TimeoutError) as exc:
-                await self._gate.settle(verdict, None, None)
-                if overflow:
-                    trace.upstream_answered(None, "request_too_large")
-                    return self._too_large(request)
-                return self._upstream_error(request, info, exc)
+            data = self._streamed_request_body(request)
+        trace = self._trace(request)
+        trace.upstream(request.method, url, headers)
+        started = time.perf_counter()
+        try:
+            resp = await self._client.request(
+                request.method,
+                target,
+                headers.items(),
+                data,
+                head_timeout=self._settings.response_timeout,
+                # A pooled keep-alive connection closed under us: idempotent requests, once.
+                retry_idempotent=request.method in _IDEMPOTENT and not request.body_exists,
+                body_length=length,
+            )
+        except BodyTooLarge:
+            await self._gate.settle(verdict, None, None)
+            trace.upstream_answered(None, "request_too_large")
+            return self._too_large(request)
+        except UpstreamError as exc:
+            await self._gate.settle(verdict, None, None)
+            return self._upstream_error(request, info, exc)
         self._metrics.upstream_latency.observe(time.perf_counter() - started, info.protocol)
         if resp.status >= 500:
             request[_OUTCOME] = RequestOutcome.UPSTREAM_ERROR
@@ -756,7 +740,7 @@ class Forwarder:
         self,
         request: web.Request,
         info: Classified,
-        resp: ClientResponse,
+        resp: UpstreamResponse,
         extra: dict[str, str],
         verdict: Admission,
     ) -> web.StreamResponse:
@@ -792,7 +776,7 @@ class Forwarder:
         self,
         request: web.Request,
         info: Classified,
-        resp: ClientResponse,
+        resp: UpstreamResponse,
         headers: CIMultiDict[str],
         verdict: Admission,
         streaming: bool,
@@ -815,18 +799,18 @@ class Forwarder:
         return _json_response([*answered, *denied])
 
     async def _read_json(
-        self, request: web.Request, info: Classified, resp: ClientResponse
+        self, request: web.Request, info: Classified, resp: UpstreamResponse
     ) -> tuple[bytes, Any, bool] | web.Response:
         """``(body, parsed JSON or None, readable)`` of a body the proxy must inspect, or the
         envelope when the upstream failed mid-body. Not readable: too large or encoded."""
         try:
             data, whole = await self._read_bounded(resp)
-        except (ClientPayloadError, ClientConnectionError, TimeoutError) as exc:
+        except UpstreamError as exc:
             return self._upstream_error(request, info, exc)
         readable = whole and not _encoded(resp)
         return data, _json_or_none(data) if readable else None, readable
 
-    async def _read_bounded(self, resp: ClientResponse) -> tuple[bytes, bool]:
+    async def _read_bounded(self, resp: UpstreamResponse) -> tuple[bytes, bool]:
         """The body if it fits the inspection limit; ``(prefix, False)`` when it does not."""
         limit = self._settings.max_body_size
         length = resp.content_length
@@ -835,7 +819,7 @@ class Forwarder:
         parts: list[bytes] = []
         size = 0
         while True:
-            chunk = await self._chunk(resp)
+            chunk = await resp.readany()
             if not chunk:
                 return b"".join(parts), True
             parts.append(chunk)
@@ -847,7 +831,7 @@ class Forwarder:
         self,
         request: web.Request,
         info: Classified,
-        resp: ClientResponse,
+        resp: UpstreamResponse,
         headers: CIMultiDict[str],
         verdict: Admission,
     ) -> web.StreamResponse:
@@ -890,7 +874,7 @@ class Forwarder:
         self,
         request: web.Request,
         info: Classified,
-        resp: ClientResponse,
+        resp: UpstreamResponse,
         headers: CIMultiDict[str],
     ) -> web.StreamResponse:
         """An agent card whose interface URLs point at the upstream: moved to the proxy."""
@@ -926,7 +910,7 @@ class Forwarder:
         self,
         request: web.Request,
         info: Classified,
-        resp: ClientResponse,
+        resp: UpstreamResponse,
         headers: CIMultiDict[str],
         verdict: Admission,
     ) -> web.StreamResponse:
@@ -948,7 +932,7 @@ class Forwarder:
         return web.Response(body=data, status=resp.status, reason=resp.reason, headers=headers)
 
     def _invalid_response(
-        self, request: web.Request, info: Classified, resp: ClientResponse
+        self, request: web.Request, info: Classified, resp: UpstreamResponse
     ) -> web.Response:
         log.warning(
             "upstream answered with a body that does not fit the request's protocol",
@@ -962,7 +946,7 @@ class Forwarder:
         self,
         request: web.Request,
         info: Classified,
-        resp: ClientResponse,
+        resp: UpstreamResponse,
         headers: CIMultiDict[str],
     ) -> web.StreamResponse:
         read = await self._read_json(request, info, resp)
@@ -992,7 +976,7 @@ class Forwarder:
             info.binding is Binding.JSONRPC
             and info.protocol == "mcp"
             and status == 404
-            and SESSION_HEADER in resp.request_info.headers
+            and SESSION_HEADER in resp.request_headers
         ):
             # MCP: a 404 to a request carrying a session id means the session is gone.
             rendered = self._render(info, WardenError(E.SESSION_NOT_FOUND, mcp_session=True))
@@ -1026,7 +1010,7 @@ class Forwarder:
     async def _relay(
         self,
         request: web.Request,
-        resp: ClientResponse,
+        resp: UpstreamResponse,
         headers: CIMultiDict[str],
         prefix: bytes = b"",
     ) -> web.StreamResponse:
@@ -1035,7 +1019,7 @@ class Forwarder:
         if not prefix and length is not None and length <= _CHUNK:
             try:
                 data = await resp.read()
-            except (ClientPayloadError, ClientConnectionError, TimeoutError):
+            except UpstreamError:
                 return self._abort(request)
             return web.Response(body=data, status=resp.status, reason=resp.reason, headers=headers)
         out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)
@@ -1047,8 +1031,8 @@ class Forwarder:
                 await out.write(prefix)
             while True:
                 try:
-                    chunk = await self._chunk(resp)
-                except (ClientPayloadError, ClientConnectionError, TimeoutError):
+                    chunk = await resp.readany()
+                except UpstreamError:
                     # Headers are gone already: a cut connection is the only honest signal.
                     return self._abort(request, out)
                 if not chunk:
@@ -1063,7 +1047,7 @@ class Forwarder:
         self,
         request: web.Request,
         info: Classified,
-        resp: ClientResponse,
+        resp: UpstreamResponse,
         headers: CIMultiDict[str],
         verdict: Admission,
         pending: set[jsonrpc.JsonRpcId] | None,
@@ -1114,8 +1098,8 @@ class Forwarder:
         try:
             while True:
                 try:
-                    chunk = await self._chunk(resp)
-                except (ClientPayloadError, ClientConnectionError, TimeoutError) as exc:
+                    chunk = await resp.readany()
+                except UpstreamError as exc:
                     log.warning(
                         "upstream event stream interrupted",
                         extra={"path": request.path, "error": type(exc).__name__},
@@ -1170,13 +1154,6 @@ class Forwarder:
             if legacy is not None and legacy[0] is not None:
                 await self._end_legacy(legacy[0])
         return out
-
-    async def _chunk(self, resp: ClientResponse) -> bytes:
-        """The next piece of an upstream body. The proxy's own deadline backs the client's
-        socket read timeout, which aiohttp drops when it meets a malformed chunk size (the
-        read would then wait forever)."""
-        async with asyncio.timeout(self._settings.stream_idle_timeout):
-            return await resp.content.readany()
 
     async def _own_tasks(self, verdict: Admission, listing: Any) -> dict[str, Any] | None:
         """An unfiltered ListTasks answer limited to the caller's contexts; None: unchanged."""
@@ -1400,7 +1377,7 @@ def _to_response(rendered: Rendered) -> web.Response:
     )
 
 
-def _encoded(resp: ClientResponse) -> bool:
+def _encoded(resp: UpstreamResponse) -> bool:
     encoding = resp.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
     return encoding not in ("", "identity")
 
