@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -152,6 +153,8 @@ async def _listen(settings: Settings, runtime: Runtime) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     runtime.ready = True
+    # What start-up built lives as long as the process: out of the collector's sight.
+    gc.freeze()
     log.info(
         "agent-warden started",
         extra={
