@@ -37,8 +37,9 @@ from aiohttp import ClientSession, TCPConnector, web
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from proxy.policy.limits import Call, Limits  # noqa: E402
 from proxy.sessions import open_store  # noqa: E402
-from proxy.sessions.base import Call, Kind, Limits, SessionStore  # noqa: E402
+from proxy.sessions.base import Kind, SessionStore  # noqa: E402
 from proxy.sessions.memory import MemoryStore  # noqa: E402
 from proxy.sessions.redis import RedisStore  # noqa: E402
 

@@ -17,7 +17,7 @@ from proxy.admin_token import AdminLock
 from proxy.config import Settings
 from proxy.dataplane import UpstreamPool
 from proxy.errors import E, WardenError, render_aip193
-from proxy.forward import ErrorStyle, Forwarder
+from proxy.forward import Forwarder
 from proxy.gate import Gate
 from proxy.identity import Verifier, build_verifier
 from proxy.listener import no_banner
@@ -50,11 +50,9 @@ class Runtime:
     draining: bool = False
     admin_lock: AdminLock = field(default_factory=lambda: AdminLock(None))
     identity: IdentityService = field(default_factory=lambda: IdentityService())
-    error_style: ErrorStyle = field(default_factory=ErrorStyle)
 
     def set_policy(self, policy: PolicyFile, sha256: str = "") -> None:
         self.policy = policy
-        self.error_style = ErrorStyle(policy.errors.domain, policy.errors.a2a_spec)
         self.metrics.set_policy(policy.source or "(built-in)", sha256)
         self.identity.follow(policy.identity)
 
@@ -63,7 +61,7 @@ class Runtime:
             lambda: self.policy,
             self.store,
             self.metrics,
-            lambda: (self.error_style.domain, self.error_style.a2a_spec),
+            lambda: self.policy.errors,
             verifier=lambda: self.identity.verifier,
         )
 
@@ -122,7 +120,7 @@ FORWARDER = web.AppKey("forwarder", Forwarder)
 
 
 def _error_response(runtime: Runtime, err: WardenError) -> web.Response:
-    style = runtime.error_style
+    style = runtime.policy.errors
     rendered = render_aip193(err, domain=style.domain, a2a_spec=style.a2a_spec)
     return web.Response(status=rendered.status, body=rendered.body, headers=dict(rendered.headers))
 
@@ -141,7 +139,7 @@ async def _upstream_client(app: web.Application) -> AsyncIterator[None]:
     app[FORWARDER] = Forwarder(
         settings,
         client,
-        lambda: runtime.error_style,
+        lambda: runtime.policy.errors,
         runtime.gate(),
         runtime.metrics,
         runtime.telemetry,
@@ -253,8 +251,8 @@ def build_admin_app(runtime: Runtime) -> web.Application:
             log.info("mint refused", extra={"problem": problem})
             rendered = render_aip193(
                 WardenError(E.INVALID_REQUEST),
-                domain=runtime.error_style.domain,
-                a2a_spec=runtime.error_style.a2a_spec,
+                domain=runtime.policy.errors.domain,
+                a2a_spec=runtime.policy.errors.a2a_spec,
             )
             body = json.loads(rendered.body)
             body["error"]["message"] = f"invalid request: {problem}"

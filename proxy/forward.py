@@ -55,7 +55,7 @@ from proxy.identity import Credential, metadata_document
 from proxy.identity.metadata import WELL_KNOWN
 from proxy.metrics import HTTP_METHODS, OTHER, Metrics, RequestOutcome
 from proxy.policy.decide import ANONYMOUS
-from proxy.policy.model import ResourceMetadata
+from proxy.policy.model import ErrorsConfig, ResourceMetadata
 from proxy.protocols import a2a, jsonrpc, mcp
 from proxy.protocols.card import advertise_security, card_is_signed, rewrite_card
 from proxy.protocols.classify import Binding, Classified, classify, reads_body
@@ -126,14 +126,6 @@ _SSE_HEADERS = {"X-Accel-Buffering": "no"}  # nginx and kin in front must not bu
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "PUT"})
 _UPSTREAM_MESSAGE_MAX = 200
 _CHUNK = 64 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class ErrorStyle:
-    """What the policy file says about rendering errors."""
-
-    domain: str = "agent-warden.dev"
-    a2a_spec: str = "1.0.1"
 
 
 class BodyTooLarge(Exception):
@@ -234,7 +226,7 @@ class Forwarder:
         self,
         settings: Settings,
         client: UpstreamPool,
-        error_style: Callable[[], ErrorStyle],
+        errors: Callable[[], ErrorsConfig],
         gate: Gate,
         metrics: Metrics,
         telemetry: Telemetry | None = None,
@@ -243,7 +235,7 @@ class Forwarder:
         self._telemetry = telemetry or Telemetry()
         self._settings = settings
         self._client = client
-        self._style = error_style
+        self._errors = errors
         self._gate = gate
         self._base = str(settings.upstream).rstrip("/")
         self._base_path = URL(self._base).raw_path.rstrip("/")
@@ -475,7 +467,7 @@ class Forwarder:
         self, legacy: _LegacyStream, info: Classified, err: WardenError
     ) -> web.StreamResponse:
         """A denial where that transport delivers answers: on the session's event stream."""
-        style = self._style()
+        style = self._errors()
         ids = info.request_ids
         for request_id in ids:
             event = render_sse_jsonrpc(
@@ -963,7 +955,7 @@ class Forwarder:
         # The A2A reason a legacy REST answer means (errors.md section 5), if any.
         reason = legacy_rest_reason(status, info.rest, request.path) if a2a_side else None
         if info.binding is not Binding.JSONRPC and is_aip193(doc):
-            style = self._style()
+            style = self._errors()
             fixed = complete_aip193(doc, reason or E.UPSTREAM_ERROR, domain=style.domain)
             if fixed is not None:
                 data = _dumps(fixed)
@@ -1196,7 +1188,7 @@ class Forwarder:
     def _interrupted_events(
         self, info: Classified, pending: Iterable[jsonrpc.JsonRpcId] | None
     ) -> bytes:
-        style = self._style()
+        style = self._errors()
         err = WardenError(E.UPSTREAM_STREAM_INTERRUPTED)
         if info.binding is Binding.JSONRPC:
             ids = list(pending) if pending else [None]
@@ -1236,7 +1228,7 @@ class Forwarder:
         return self._error(info, WardenError(reason), trace)
 
     def _render(self, info: Classified, err: WardenError) -> Rendered:
-        style = self._style()
+        style = self._errors()
         if info.binding is not Binding.JSONRPC:
             if info.protocol == "mcp":  # the MCP endpoint speaks JSON-RPC, even to GET and DELETE
                 return render_jsonrpc(
@@ -1426,4 +1418,4 @@ def _upstream_message(doc: Any) -> str | None:
     return None
 
 
-__all__ = ["HOP_BY_HOP", "ErrorStyle", "Forwarder", "filter_headers", "upstream_failure"]
+__all__ = ["HOP_BY_HOP", "Forwarder", "filter_headers", "upstream_failure"]

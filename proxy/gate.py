@@ -31,17 +31,11 @@ from proxy.policy.decide import (
     limits_for,
 )
 from proxy.policy.grant import Grant, GrantError, grant_from_json
-from proxy.policy.model import GlobSet, Identity, normalize_origin
+from proxy.policy.limits import Call, Limits
+from proxy.policy.model import ErrorsConfig, GlobSet, Identity, normalize_origin
 from proxy.protocols import a2a, mcp
 from proxy.protocols.classify import Classified
-from proxy.sessions.base import (
-    Call,
-    Denial,
-    Kind,
-    Limits,
-    SessionStore,
-    StoreUnavailable,
-)
+from proxy.sessions.base import Denial, Kind, SessionStore, StoreUnavailable
 
 log = logging.getLogger("agent_warden.decision")
 
@@ -141,14 +135,14 @@ class Gate:
         policy: Callable[[], PolicyFile],
         store: SessionStore,
         metrics: Metrics,
-        error_style: Callable[[], tuple[str, str]],
+        errors: Callable[[], ErrorsConfig],
         clock: Callable[[], float] = time.time,
         verifier: Callable[[], Verifier | None] = lambda: None,
     ) -> None:
         self._policy = policy
         self._store = store
         self._metrics = metrics
-        self._style = error_style
+        self._errors = errors
         self._clock = clock
         self._verifier = verifier
         self._grants: dict[str, Grant] = {}
@@ -698,7 +692,7 @@ class Gate:
             assert denial is not None
             return self._deny(adm, denial, message.method, tool)
         kept: list[dict[str, Any]] = []
-        domain, a2a_spec = self._style()
+        style = self._errors()
         logged = False
         for i, (message, denial) in enumerate(zip(messages, denials, strict=True)):
             if denial is None:
@@ -721,8 +715,8 @@ class Gate:
                     jsonrpc_error_object(
                         error,
                         message.id,
-                        domain=domain,
-                        a2a_spec=a2a_spec,
+                        domain=style.domain,
+                        a2a_spec=style.a2a_spec,
                     )
                 )
         if len(kept) != len(messages):

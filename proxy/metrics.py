@@ -114,18 +114,6 @@ class Family:
     unit: str = ""  # UCUM, for OTLP ("s"); the text format 0.0.4 has no place for it
 
 
-def method_label(method: str | None, known: Callable[[str], bool]) -> str:
-    """The ``method`` label of a request: itself when ``known``, else ``other``.
-
-    Label cardinality stays bounded because callers fold every method outside a fixed
-    set into ``other``: ``known`` answers for the JSON-RPC methods of MCP and A2A (or the
-    A2A operations), and ``HTTP_METHODS.__contains__`` for plain HTTP requests.
-    """
-    if method and known(method):
-        return method
-    return OTHER
-
-
 def _check_name(name: str) -> None:
     if not _METRIC_NAME_RE.fullmatch(name):
         raise ValueError(f"invalid metric name {name!r}")
@@ -487,7 +475,7 @@ class Metrics:
     above; ``reason`` is an ErrorInfo reason (denials) or an upstream failure class, both
     from fixed tables; ``mode`` is ``enforce`` or ``audit``. The one open-ended input, the
     JSON-RPC method, A2A operation or HTTP method a client sends, goes through
-    ``method_label``, which folds anything unknown into ``other``.
+    the forwarder's ``_method_label``, which folds anything unknown into ``other``.
     """
 
     def __init__(self, registry: Registry | None = None, *, version: str = __version__) -> None:

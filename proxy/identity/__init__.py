@@ -6,7 +6,7 @@ whether a credential was presented, for the challenge), or None when nothing was
 
 from proxy.identity.build import build_verifier
 from proxy.identity.credential import Credential, Rejected, Verifier
-from proxy.identity.metadata import challenge, metadata_document, metadata_paths, metadata_url
+from proxy.identity.metadata import challenge, metadata_document, metadata_url
 
 __all__ = [
     "Credential",
@@ -15,6 +15,5 @@ __all__ = [
     "build_verifier",
     "challenge",
     "metadata_document",
-    "metadata_paths",
     "metadata_url",
 ]

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from proxy.policy.model import ResourceMetadata
 
-__all__ = ["WELL_KNOWN", "challenge", "metadata_document", "metadata_paths", "metadata_url"]
+__all__ = ["WELL_KNOWN", "challenge", "metadata_document", "metadata_url"]
 
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
 
@@ -44,15 +44,6 @@ def metadata_document(meta: ResourceMetadata, resource_fallback: str) -> dict[st
         doc["scopes_supported"] = list(meta.scopes_supported)
     doc["bearer_methods_supported"] = ["header"]  # tokens are read from Authorization only
     return doc
-
-
-def metadata_paths(protected_path: str) -> tuple[str, ...]:
-    """The paths the document is served at: the well-known path, and its RFC 9728 §3.1
-    form for the protected path (``/mcp`` -> ``/.well-known/oauth-protected-resource/mcp``)."""
-    path = protected_path if protected_path.startswith("/") else "/" + protected_path
-    if path == "/":
-        return (WELL_KNOWN,)
-    return (WELL_KNOWN, WELL_KNOWN + path)
 
 
 def metadata_url(resource: str) -> str:

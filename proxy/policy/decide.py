@@ -6,10 +6,10 @@ from collections.abc import Mapping, Sequence
 from functools import lru_cache
 
 from proxy.errors import E
+from proxy.policy.limits import UNLIMITED, Call, Limits
 from proxy.policy.model import Identity, Rules
 from proxy.protocols import a2a, mcp
 from proxy.protocols.jsonrpc import Body
-from proxy.sessions.base import UNLIMITED, Call, Limits
 
 ANONYMOUS = "anonymous"
 

@@ -15,9 +15,9 @@ from typing import Any
 from proxy.durations import parse_duration
 from proxy.errors import E
 from proxy.policy.globs import glob_problem
+from proxy.policy.limits import Call, Limits
 from proxy.policy.model import GlobSet
 from proxy.protocols import mcp
-from proxy.sessions.base import Call, Limits
 
 _KEYS = frozenset({"agent", "ttl", "idle_timeout", "budget", "rate_limit", "tools", "methods"})
 _MAX_AGENT = 256

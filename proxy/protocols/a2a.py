@@ -20,9 +20,7 @@ from dataclasses import dataclass
 from typing import Final, NamedTuple
 
 from proxy.protocols.jsonrpc import DuplicateKeyError
-from proxy.protocols.mcp import METHODS as _MCP_METHODS
 
-VERSION_HEADER: Final = "A2A-Version"
 AGENT_CARD_PATH: Final = "/.well-known/agent-card.json"
 LEGACY_AGENT_CARD_PATH: Final = "/.well-known/agent.json"
 
@@ -85,18 +83,11 @@ _BY_METHOD: Final[dict[str, A2aOp]] = {**_BY_NAME, **_BY_LEGACY_NAME}
 _NAMES: Final[dict[str, tuple[str, ...]]] = {
     op.name: (op.name,) if op.legacy_name is None else (op.name, op.legacy_name) for op in OPS
 }
-# MCP 2025-11-25 also has tasks/get and tasks/cancel: those names alone prove nothing.
-_UNAMBIGUOUS_METHODS: Final = frozenset(_BY_METHOD) - _MCP_METHODS
 
 
 def op_for_method(method: str) -> A2aOp | None:
     """The operation a JSON-RPC method names, by its v1.0 or its v0.3 name."""
     return _BY_METHOD.get(method)
-
-
-def is_legacy_method(method: str) -> bool:
-    """True for a v0.3 JSON-RPC method name."""
-    return method in _BY_LEGACY_NAME
 
 
 def method_names(op: A2aOp) -> tuple[str, ...]:
@@ -233,27 +224,9 @@ def classify_rest(http_method: str, path: str, base: str = "") -> RestMatch | No
     return None
 
 
-def is_rest_shape(path: str) -> bool:
-    """True when `path` has the shape of an A2A REST route, whatever the HTTP method."""
-    return any(pattern.fullmatch(path) is not None for pattern, _ in _candidates(path))
-
-
 def is_agent_card_path(path: str) -> bool:
     """The well-known agent card (`agent-card.json`, or the legacy `agent.json`)."""
     return path.endswith(AGENT_CARD_PATH) or path.endswith(LEGACY_AGENT_CARD_PATH)
-
-
-def looks_like_a2a(method: str | None, path: str, headers: Mapping[str, str]) -> bool:
-    """Heuristic for `--protocol auto`.
-
-    A method name only MCP and A2A share (`tasks/get`, `tasks/cancel`) decides nothing;
-    then the `A2A-Version` header, the agent card path or a REST shape must.
-    """
-    if method is not None and method in _UNAMBIGUOUS_METHODS:
-        return True
-    if headers.get(VERSION_HEADER) is not None or headers.get("a2a-version") is not None:
-        return True
-    return is_agent_card_path(path) or is_rest_shape(path)
 
 
 # --- ids in params, bodies and results ----------------------------------------------

@@ -42,11 +42,6 @@ def reads_body(method: str) -> bool:
     return method == "POST"
 
 
-def looks_like_json(body: bytes) -> bool:
-    """True unless ``body`` is clearly not a JSON object or array, in any encoding."""
-    return jsonrpc.might_be_json(body)
-
-
 @dataclass(frozen=True, slots=True)
 class Classified:
     protocol: Protocol

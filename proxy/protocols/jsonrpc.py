@@ -365,16 +365,3 @@ def is_error_response(doc: Any) -> bool:
     """A conformant JSON-RPC response in which every element is an error."""
     items = doc if isinstance(doc, list) else [doc]
     return is_response(doc) and all("error" in item for item in items)
-
-
-def response_ids(doc: Any) -> list[JsonRpcId]:
-    """Ids answered by a JSON-RPC response or batch (responses only, not server requests)."""
-    items = doc if isinstance(doc, list) else [doc]
-    return [
-        item["id"]
-        for item in items
-        if isinstance(item, dict)
-        and "method" not in item
-        and ("result" in item or "error" in item)
-        and "id" in item
-    ]

@@ -105,7 +105,6 @@ def result_is_tool_error(result: object) -> bool:
 METHOD_HEADER: Final = "Mcp-Method"
 NAME_HEADER: Final = "Mcp-Name"
 TOOLS_LIST: Final = "tools/list"
-SERVER_DISCOVER: Final = "server/discover"
 INPUT_REQUIRED: Final = "input_required"
 
 # Method -> the params key mirrored in Mcp-Name (basic/transports, "Routing headers").

@@ -10,16 +10,12 @@ with one Lua script per call.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from types import MappingProxyType
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Final, Protocol
 
 from proxy.errors import E
-
-UNLIMITED: Final = 2**53
-"""A count limit that is not set (contract: unset limits are no limits). Exact as a double,
-so the Redis store's Lua numbers hold it too."""
+from proxy.policy.limits import Call, Limits
 
 DEFAULT_MAX_SESSIONS: Final = 100_000
 """Live sessions (windows included) plus pending reservations, proxy-wide: past it a new
@@ -33,32 +29,6 @@ never forgotten early: another agent would find the id unknown and could adopt i
 DEFAULT_MAX_TASK_LINKS: Final = 1_000_000
 """A2A task-to-context links, proxy-wide: past it ``link_task`` refuses a new task with
 OVERLOADED (``LimitKind.TASK_LINKS``) rather than forget a link still in force."""
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """The limits of one decision, taken from the policy current at decision time."""
-
-    ttl: float = 86400.0
-    idle_timeout: float = 3600.0
-    max_per_agent: int = UNLIMITED
-    calls: int = UNLIMITED
-    tool_calls: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
-    per_minute: int = UNLIMITED
-
-
-@dataclass(frozen=True, slots=True)
-class Call:
-    """One element of a request (a batch has several), as the store must judge it.
-
-    ``denied`` carries the pure authorization verdict (TOOL_NOT_AUTHORIZED or
-    METHOD_NOT_AUTHORIZED) so the store can apply it at its place in the reference order:
-    budget, then authorization, then rate limit.
-    """
-
-    counted: bool
-    tool: str | None = None
-    denied: E | None = None
 
 
 class LimitKind(enum.Enum):

@@ -10,16 +10,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from proxy.errors import E
+from proxy.policy.limits import UNLIMITED, Call, Limits
 from proxy.sessions.base import (
     DEFAULT_MAX_SESSIONS,
     DEFAULT_MAX_TASK_LINKS,
     DEFAULT_MAX_TOMBSTONES,
-    UNLIMITED,
-    Call,
     Denial,
     Kind,
     LimitKind,
-    Limits,
     Outcome,
     SessionInfo,
 )

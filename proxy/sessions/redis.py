@@ -85,16 +85,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from proxy.errors import E
+from proxy.policy.limits import UNLIMITED, Call, Limits
 from proxy.sessions.base import (
     DEFAULT_MAX_SESSIONS,
     DEFAULT_MAX_TASK_LINKS,
     DEFAULT_MAX_TOMBSTONES,
-    UNLIMITED,
-    Call,
     Denial,
     Kind,
     LimitKind,
-    Limits,
     Outcome,
     SessionInfo,
     StoreUnavailable,

@@ -1569,3 +1569,26 @@ async def test_identity_follows_the_last_policy_reload(
             )
             by_jwt.unauthenticated(None, invalid=True)
             await asyncio.sleep(0.5)
+
+
+async def test_what_a_client_reads_before_holding_a_credential(
+    main: Stack, web: httpx.AsyncClient
+) -> None:
+    """Identity required: a CORS preflight and the agent card pass without a credential (a
+    client learns the scheme from the card), as anonymous; an invalid credential presented
+    there is still refused; a path merely starting like the metadata path is not it."""
+    preflight = await web.request(
+        "OPTIONS",
+        main.endpoint,
+        headers={"origin": main.proxy.url, "access-control-request-method": "POST"},
+    )
+    assert preflight.status_code != 401, preflight.text
+    card = await web.get(main.proxy.url + "/.well-known/agent-card.json")
+    assert card.status_code != 401, card.text  # the MCP upstream has no card: its own 404
+    bad = await web.get(
+        main.proxy.url + "/.well-known/agent-card.json",
+        headers={"authorization": "Bearer not-a-token"},
+    )
+    assert bad.status_code == 401, bad.text
+    lookalike = await web.get(main.proxy.url + WELL_KNOWN + "-evil")
+    assert lookalike.status_code == 401, lookalike.text  # not the document: identity applies

@@ -206,7 +206,7 @@ def a2a_request(draw: st.DrawFn, methods: list[str]) -> tuple[str, dict[str, Any
     )
     op = a2a.op_for_method(method)
     assert op is not None
-    legacy = a2a.is_legacy_method(method)
+    legacy = method == op.legacy_name
     pairs: list[tuple[str, Any]] = []
     ambiguous = False
     if op in (a2a.SEND_MESSAGE, a2a.SEND_STREAMING_MESSAGE):

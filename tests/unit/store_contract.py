@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from proxy.errors import E
-from proxy.sessions.base import UNLIMITED, Call, Denial, Kind, LimitKind, Limits, SessionStore
+from proxy.policy.limits import UNLIMITED, Call, Limits
+from proxy.sessions.base import Denial, Kind, LimitKind, SessionStore
 from proxy.sessions.memory import MemoryStore
 from proxy.sessions.redis import RedisStore
 from tests.redis_server import RedisServer

@@ -45,9 +45,7 @@ from proxy.protocols.a2a import (
     context_id,
     ids_from_result,
     is_agent_card_path,
-    is_legacy_method,
     is_terminal_event,
-    looks_like_a2a,
     method_names,
     op_for_method,
     task_id,
@@ -113,12 +111,10 @@ def test_op_table(
         takes_task,
     )
     assert op_for_method(name) is op
-    assert not is_legacy_method(name)
     if legacy is None:
         assert method_names(op) == (name,)
     else:
         assert op_for_method(legacy) is op
-        assert is_legacy_method(legacy)
         assert method_names(op) == (name, legacy)
 
 
@@ -160,7 +156,6 @@ def test_streaming_flags_follow_the_proto_service() -> None:
 )
 def test_unknown_methods(method: str) -> None:
     assert op_for_method(method) is None
-    assert not is_legacy_method(method)
 
 
 # --- REST ---------------------------------------------------------------------------
@@ -419,39 +414,6 @@ def test_every_sdk_rest_route(prefix: str) -> None:
 )
 def test_agent_card_path(path: str, expected: bool) -> None:
     assert is_agent_card_path(path) is expected
-
-
-@pytest.mark.parametrize(
-    ("method", "path", "headers", "expected"),
-    [
-        ("SendMessage", "/", {}, True),
-        ("message/send", "/", {}, True),
-        ("tasks/resubscribe", "/", {}, True),
-        ("agent/getAuthenticatedExtendedCard", "/", {}, True),
-        ("ListTasks", "/", {}, True),
-        # shared with MCP 2025-11-25: the name alone decides nothing
-        ("tasks/get", "/mcp", {}, False),
-        ("tasks/cancel", "/mcp", {"Mcp-Session-Id": "s"}, False),
-        ("tasks/get", "/", {"A2A-Version": "0.3"}, True),
-        ("tasks/get", "/", {"a2a-version": "1.0"}, True),
-        ("tools/call", "/mcp", {}, False),
-        ("initialize", "/mcp", {}, False),
-        (None, "/mcp", {}, False),
-        (None, "/", {}, False),
-        (None, "/.well-known/agent-card.json", {}, True),
-        (None, "/.well-known/agent.json", {}, True),
-        (None, "/message:send", {}, True),
-        (None, "/rest/acme/tasks/t1:subscribe", {}, True),
-        (None, "/v1/card", {}, True),
-        (None, "/tasks/t1/pushNotificationConfigs/c1", {}, True),
-        (None, "/card", {}, False),
-        (None, "/tasks/t1/other", {}, False),
-    ],
-)
-def test_looks_like_a2a(
-    method: str | None, path: str, headers: dict[str, str], expected: bool
-) -> None:
-    assert looks_like_a2a(method, path, headers) is expected
 
 
 # --- ids in requests ------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""RFC 9728 metadata (document, paths, URL) and the WWW-Authenticate challenges."""
+"""RFC 9728 metadata (document, URL) and the WWW-Authenticate challenges."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from proxy.identity import challenge, metadata_document, metadata_paths, metadata_url
+from proxy.identity import challenge, metadata_document, metadata_url
 from proxy.policy.model import ResourceMetadata
 
 URL = "https://agents.example.com/.well-known/oauth-protected-resource/mcp"
@@ -63,34 +63,6 @@ def test_the_document_falls_back_to_the_requested_resource() -> None:
         "resource": "https://agents.example.com/mcp",
         "bearer_methods_supported": ["header"],
     }
-
-
-@pytest.mark.parametrize(
-    ("path", "paths"),
-    [
-        (
-            "/mcp",
-            ("/.well-known/oauth-protected-resource", "/.well-known/oauth-protected-resource/mcp"),
-        ),
-        (
-            "mcp",
-            ("/.well-known/oauth-protected-resource", "/.well-known/oauth-protected-resource/mcp"),
-        ),
-        (
-            "/a2a/v1/",
-            (
-                "/.well-known/oauth-protected-resource",
-                "/.well-known/oauth-protected-resource/a2a/v1/",
-            ),
-        ),
-        ("/", ("/.well-known/oauth-protected-resource",)),
-        ("", ("/.well-known/oauth-protected-resource",)),
-    ],
-)
-def test_the_document_is_served_at_the_well_known_path_and_its_suffixed_form(
-    path: str, paths: tuple[str, ...]
-) -> None:
-    assert metadata_paths(path) == paths
 
 
 @pytest.mark.parametrize(

@@ -101,8 +101,7 @@ def test_is_response(doc: object, ok: bool) -> None:
     assert jsonrpc.is_response(doc) is ok
 
 
-def test_error_response_and_ids() -> None:
+def test_error_response() -> None:
     err = {"jsonrpc": "2.0", "id": 1, "error": {"code": 1, "message": "m"}}
     assert jsonrpc.is_error_response(err)
     assert not jsonrpc.is_error_response({"jsonrpc": "2.0", "id": 1, "result": 1})
-    assert jsonrpc.response_ids([err, {"jsonrpc": "2.0", "method": "x", "id": 9}]) == [1]

@@ -9,8 +9,9 @@ import uuid
 import pytest
 
 from proxy.errors import E
+from proxy.policy.limits import Call, Limits
 from proxy.sessions import memory
-from proxy.sessions.base import Call, Denial, Kind, LimitKind, Limits
+from proxy.sessions.base import Denial, Kind, LimitKind
 from proxy.sessions.memory import MemoryStore
 from tests.unit.store_contract import T0, open_session, session_reason
 

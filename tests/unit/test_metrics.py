@@ -13,8 +13,6 @@ from proxy import __version__
 from proxy.metrics import (
     CONTENT_TYPE,
     DEFAULT_BUCKETS,
-    HTTP_METHODS,
-    OTHER,
     CloseCause,
     Counter,
     Gauge,
@@ -27,7 +25,6 @@ from proxy.metrics import (
     ReloadResult,
     RequestOutcome,
     Sample,
-    method_label,
 )
 
 try:  # a second, independent reader when it happens to be installed; never a dependency
@@ -698,16 +695,6 @@ def test_registry_refuses_clashing_names() -> None:
     registry.register(Gauge("lat_other", "fine"))
     with pytest.raises(ValueError, match="clashes"):
         Metrics(registry=Metrics().registry)
-
-
-def test_method_label_folds_unknown_methods_into_other() -> None:
-    known = {"initialize", "tools/call"}.__contains__
-    assert method_label("tools/call", known) == "tools/call"
-    assert method_label("tools/exfiltrate", known) == OTHER == "other"
-    assert method_label(None, known) == OTHER
-    assert method_label("", known) == OTHER
-    assert method_label("POST", HTTP_METHODS.__contains__) == "POST"
-    assert method_label("BREW", HTTP_METHODS.__contains__) == OTHER
 
 
 def test_outcome_and_cause_values_are_the_documented_ones() -> None:

@@ -23,8 +23,8 @@ from proxy.policy import (
     parse_policy,
 )
 from proxy.policy.decide import limits_for
+from proxy.policy.limits import UNLIMITED, Limits
 from proxy.policy.load import parse_duration
-from proxy.sessions.base import UNLIMITED, Limits
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data" / "policies"

@@ -19,17 +19,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
 
 from proxy.errors import E
-from proxy.sessions.base import (
-    UNLIMITED,
-    Call,
-    Denial,
-    Kind,
-    Limits,
-    Outcome,
-    SessionInfo,
-    SessionStore,
-    StoreUnavailable,
-)
+from proxy.policy.limits import UNLIMITED, Call, Limits
+from proxy.sessions.base import Denial, Kind, Outcome, SessionInfo, SessionStore, StoreUnavailable
 from proxy.sessions.memory import MemoryStore
 from proxy.sessions.redis import DEFAULT_PREFIX, RedisStore
 from tests.redis_server import RedisServer
