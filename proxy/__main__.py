@@ -213,11 +213,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"agent-warden: error: {exc}", file=sys.stderr)
         return 2
     except PolicyError as exc:
-        first = exc.problems[0] if exc.problems else None
-        print(
-            f"agent-warden: error: {first}" if first else f"agent-warden: error: {exc}",
-            file=sys.stderr,
-        )
+        # Every problem, one line each, as `check` reports them (contract, Command line).
+        for problem in exc.problems or (str(exc),):
+            print(f"agent-warden: error: {problem}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 0

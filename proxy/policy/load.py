@@ -1238,4 +1238,6 @@ def check_files(paths: Sequence[str]) -> list[str]:
             load_policy(path)
         except PolicyError as exc:
             out.extend(str(p) for p in exc.problems)
+        except Exception as exc:  # a loader bug: still one line, never a traceback
+            out.append(str(Problem(path, 0, f"cannot check: {type(exc).__name__}")))
     return out

@@ -181,3 +181,18 @@ async def test_sigterm_drains_in_flight_requests_then_exits_zero(
     assert "draining" in logged
     assert "stopped" in logged
     assert json.dumps(proxy.log_lines())  # every stderr line was JSON-parseable
+
+
+def test_run_reports_every_problem_of_a_bad_policy(tmp_path: Path) -> None:
+    """Contract, Command line: `run` reports every problem of a bad policy, as `check` does."""
+    policy = tmp_path / "bad.yaml"
+    policy.write_text(
+        "version: 1\ndefaults:\n  budget:\n    calls: -4\n  rate_limit: {per_minute: 0}\n"
+    )
+    result = run_cli("run", "--upstream", "http://127.0.0.1:1", "--policy", str(policy))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert [line.split(": ")[2].split(":")[0] for line in lines] == [str(policy)] * 2, lines
+    assert f"{policy}:4: " in lines[0]
+    assert f"{policy}:5: " in lines[1]
+    assert "Traceback" not in result.stderr
