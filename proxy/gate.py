@@ -35,7 +35,7 @@ from proxy.policy.limits import Call, Limits
 from proxy.policy.model import ErrorsConfig, GlobSet, Identity, normalize_origin
 from proxy.protocols import a2a, mcp
 from proxy.protocols.classify import Classified
-from proxy.sessions.base import Denial, Kind, SessionStore, StoreUnavailable
+from proxy.sessions.base import Denial, Kind, Outcome, SessionStore, StoreUnavailable
 
 log = logging.getLogger("agent_warden.decision")
 
@@ -320,8 +320,7 @@ class Gate:
             and not grant.methods.allows_any(a2a.method_names(info.rest.op))
         ):
             calls = (replace(calls[0], denied=E.METHOD_NOT_AUTHORIZED),)
-        calls = await self._continued(sid, info, calls)
-        outcome = await self._store.check(sid, adm.agent, calls, limits, self._clock())
+        calls, outcome = await self._check(sid, adm.agent, info, calls, limits, self._clock())
         if outcome.session is not None:
             return self._deny(adm, outcome.session, method, None)
         return self._apply(adm, info, list(outcome.calls), calls)
@@ -370,30 +369,42 @@ class Gate:
         if not isinstance(sid, str):
             return self._overloaded(adm, sid, method)
         adm.session_id = sid
-        calls = await self._continued(sid, info, calls)
-        outcome = await self._store.check(sid, adm.agent, calls, limits, now)
+        calls, outcome = await self._check(sid, adm.agent, info, calls, limits, now)
         if outcome.session is not None:
             return self._deny(adm, outcome.session, method, None)
         return self._apply(adm, info, list(outcome.calls), calls)
 
     # -- MCP multi-round-trip requests -------------------------------------------------------
 
-    async def _continued(
-        self, sid: str, info: Classified, calls: tuple[Call, ...]
-    ) -> tuple[Call, ...]:
-        """An MCP retry carrying a ``requestState`` the upstream returned to this session
-        continues a call already counted: it is not counted again (each state once)."""
+    async def _check(
+        self,
+        sid: str,
+        agent: str,
+        info: Classified,
+        calls: tuple[Call, ...],
+        limits: Limits,
+        now: float,
+    ) -> tuple[tuple[Call, ...], Outcome]:
+        """Decide and count in the store. An MCP retry carrying a ``requestState`` the
+        upstream returned to this session continues a call already counted: it is not
+        counted again (each state once). A retry refused anyway gives its state back, so
+        the real retry still continues the call."""
         body = info.body
         if body is None or info.protocol != "mcp":
-            return calls
+            return calls, await self._store.check(sid, agent, calls, limits, now)
         out = list(calls)
+        taken: list[tuple[int, str]] = []
         for i, message in enumerate(body.messages):
             state = mcp.request_state(message.params) if out[i].counted else None
-            if state is not None and await self._store.take_state(
-                sid, _digest(state), self._clock()
-            ):
+            if state is not None and await self._store.take_state(sid, _digest(state), now):
                 out[i] = replace(out[i], counted=False)
-        return tuple(out)
+                taken.append((i, _digest(state)))
+        judged = tuple(out)
+        outcome = await self._store.check(sid, agent, judged, limits, now)
+        for i, digest in taken:
+            if outcome.session is not None or outcome.calls[i] is not None:
+                await self._store.remember_state(sid, digest, now)
+        return judged, outcome
 
     # -- MCP 2024-11-05 HTTP+SSE -------------------------------------------------------------
 
@@ -426,8 +437,9 @@ class Gate:
             self._metrics.sessions_opened.inc("mcp")
             return adm
         adm.remembers = True
-        calls = await self._continued(legacy.session_id, info, calls_for(body, rules))
-        outcome = await self._store.check(legacy.session_id, adm.agent, calls, limits, now)
+        calls, outcome = await self._check(
+            legacy.session_id, adm.agent, info, calls_for(body, rules), limits, now
+        )
         if outcome.session is not None:
             return self._deny(adm, outcome.session, method, None)
         return self._apply(adm, info, list(outcome.calls), calls)
@@ -470,8 +482,7 @@ class Gate:
         adm.remembers = True
         adm.strip_session = sid.startswith(PROXY_SESSION_PREFIX)
         calls = calls_for(body, rules) if body is not None else ()
-        calls = await self._continued(sid, info, calls)
-        outcome = await self._store.check(sid, adm.agent, calls, limits, now)
+        calls, outcome = await self._check(sid, adm.agent, info, calls, limits, now)
         if outcome.session is not None:
             method = body.first_method if body is not None else None
             return self._deny(adm, outcome.session, method, None)
