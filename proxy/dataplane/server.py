@@ -12,7 +12,12 @@ deadline from a request's first byte to its complete head (``header_timeout``), 
 keep-alive deadline (``keepalive_timeout``), both loop timers; malformed requests, a
 ``Content-Length`` beside a ``Transfer-Encoding`` and a repeated ``Content-Length`` are
 answered with the envelope ``on_error(status)`` returns (never an echo of the request)
-and the connection is closed. No ``Server`` banner is added.
+and the connection is closed (a head above ``max_head_size`` gets 431; a handler that
+fails before its head went out gets 500). After such an answer the listener ends its
+side and drops what the client still sends for up to ``LINGER`` seconds, so that the
+answer is not lost to a reset. No ``Server`` banner is added. ``on_limit(name)`` is
+told of every guard that trips: ``header_timeout``, ``keepalive_timeout``,
+``max_client_connections`` (the names the metrics use today).
 
 Bodies flow with back-pressure both ways: above ``HIGH_WATER`` buffered request bytes the
 socket stops being read until the handler's reads take it below ``LOW_WATER``, and
@@ -52,6 +57,8 @@ HIGH_WATER = 256 * 1024  # buffered request body above which the socket stops be
 LOW_WATER = 64 * 1024  # ... and below which it is read again
 READ_CHUNK = 64 * 1024  # readany joins buffered pieces up to about this size
 PIPELINE_DEPTH = 8  # parsed requests held behind the running one before reading pauses
+LINGER = 2.0  # seconds a refused client's further bytes are read and dropped
+MAX_HEAD_SIZE = 64 * 1024  # request line and headers; larger heads are refused with 431
 
 _CONTENT_LENGTH = istr("Content-Length")
 _TRANSFER_ENCODING = istr("Transfer-Encoding")
@@ -73,6 +80,12 @@ class BodyTooLarge(Exception):
 
 class _Refused(Exception):
     """A request head the listener will not serve (CL+TE, repeated CL)."""
+
+    status = 400
+
+
+class _HeadTooLarge(_Refused):
+    status = 431
 
 
 def _decode(raw: bytes) -> str:
@@ -228,7 +241,9 @@ class ServerResponse:
         "_chunked",
         "_conn",
         "_head",
+        "_left",
         "_no_body",
+        "_request",
         "_version11",
         "close",
         "finished",
@@ -238,8 +253,10 @@ class ServerResponse:
 
     def __init__(self, conn: _Conn, request: ServerRequest) -> None:
         self._conn = conn
+        self._request = request
         self._head: bytes | None = None
         self._chunked = False
+        self._left: int | None = None  # body bytes still owed to the Content-Length
         self._no_body = request.method == "HEAD"
         self._version11 = request.version == "1.1"
         self.started = False
@@ -248,16 +265,21 @@ class ServerResponse:
         self.status = 0
 
     @property
+    def head_sent(self) -> bool:
+        """The head went out: an error can no longer be answered with an envelope."""
+        return self.started and self._head is None
+
+    @property
     def aborted(self) -> bool:
         """The client left."""
         return self._conn.lost
 
-    def start(
-        self, status: int, reason: str, headers: Iterable[tuple[str, str]] = ()
-    ) -> None:
+    def start(self, status: int, reason: str, headers: Iterable[tuple[str, str]] = ()) -> None:
         """Serialise the head (sent with the first ``write`` or ``write_eof``). The
         handler's ``Transfer-Encoding`` and ``Connection`` are replaced by the listener's
-        own framing; a ``Content-Length`` is kept."""
+        own framing; a ``Content-Length`` is kept and held to (a body that would overrun
+        it raises; one that ends short aborts the connection, so the client sees the
+        truncation)."""
         if self.started:
             raise RuntimeError("response already started")
         conn = self._conn
@@ -275,8 +297,10 @@ class ServerResponse:
                 if lower != "content-length":
                     continue
                 length = True
+                if not no_body:
+                    self._left = int(value)
             lines.append(f"{name}: {value}\r\n")
-        if conn.server.draining or conn.closing:
+        if conn.server.draining or conn.closing or not self._request.keep_alive:
             self.close = True
         if not length and not no_body:
             if self._version11:
@@ -300,6 +324,8 @@ class ServerResponse:
         conn = self._conn
         if conn.lost:
             raise ClientGone("client left")
+        if self._left is not None:
+            self._owe(len(data))
         head = self._head
         self._head = None
         if self._no_body or not data:
@@ -315,6 +341,12 @@ class ServerResponse:
             conn.transport_write(data)
         await conn.drain()
 
+    def _owe(self, size: int) -> None:
+        left = cast(int, self._left) - size
+        if left < 0:
+            raise RuntimeError("body longer than its Content-Length")
+        self._left = left
+
     async def write_eof(self, data: bytes = b"") -> None:
         """End the body (with a last piece, which goes out in one write with the head)."""
         if self.finished:
@@ -325,6 +357,14 @@ class ServerResponse:
         self.finished = True
         if conn.lost:
             return
+        left = self._left
+        if left is not None and len(data) != left:
+            self._left = None
+            if len(data) > left:
+                raise RuntimeError("body longer than its Content-Length")
+            conn.transport_write((self._head or b"") + data)
+            conn._abort()
+            raise RuntimeError("body shorter than its Content-Length")
         head = self._head or b""
         self._head = None
         if self._no_body:
@@ -355,14 +395,20 @@ class _Conn(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._url = bytearray()
         self._headers: list[tuple[bytes, bytes]] = []
+        self._head_size = 0  # bytes of the head in progress
         self._feeding: ServerRequest | None = None  # the request whose body is arriving
         self._queue: deque[ServerRequest | int] = deque()  # held: requests, error statuses
         self._task: asyncio.Task[None] | None = None
         self._current: ServerRequest | None = None
         self._paused = False
         self._parse_error = False
-        self._head_timer: asyncio.TimerHandle | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None
+        self._no_more = False  # a request that ends the connection was parsed
+        self._last: ServerRequest | None = None
+        # One loop timer for both deadlines (they never overlap); re-arming only moves
+        # ``_deadline``, and a timer that fires early sets itself again.
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_kind: str | None = None  # "head", "idle" or None
+        self._deadline = 0.0
         self._write_waiter: asyncio.Future[None] | None = None
         self._write_paused = False
 
@@ -374,7 +420,7 @@ class _Conn(asyncio.Protocol):
         return (
             self._task is None
             and not self._queue
-            and self._head_timer is None
+            and self._timer_kind != "head"
             and self._feeding is None
         )
 
@@ -392,10 +438,10 @@ class _Conn(asyncio.Protocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         self.lost = True
         self.server.forget(self)
-        for timer in (self._head_timer, self._idle_timer):
-            if timer is not None:
-                timer.cancel()
-        self._head_timer = self._idle_timer = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_kind = None
         gone = ClientGone("client left")
         if self._feeding is not None:
             self._feeding._fail(gone)
@@ -411,20 +457,30 @@ class _Conn(asyncio.Protocol):
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
-        if self._parse_error or (self.closing and self._task is None and not self._queue):
+        if self._parse_error or self._no_more:
             return
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        kind = self._timer_kind
+        if kind == "idle":
+            self._timer_kind = None
+        elif kind == "head":  # llhttp buffers a head's parts whole: bound them here
+            self._head_size += len(data)
+            if self._head_size > self.server.max_head_size:
+                self._refuse(431)
+                return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             # An upgrade is not relayed: the request is answered, then the connection closes.
-            self.closing = True
+            self._no_more = True
+            if self._last is not None:
+                self._last.keep_alive = False
             self._stop_reading()
-        except httptools.HttpParserError:
+        except httptools.HttpParserError as exc:
             # llhttp's own refusals and ours (_Refused, raised from a callback) alike
-            self._refuse(400)
+            cause = exc.__context__ or exc.__cause__
+            self._refuse(cause.status if isinstance(cause, _Refused) else 400)
+        if self._timer_kind is None and self.idle and not self.lost and not self.closing:
+            self._arm_idle()  # bytes that began no request (stray line breaks)
 
     def eof_received(self) -> bool | None:
         return None  # the client's end closes the connection (and cancels its handler)
@@ -445,21 +501,27 @@ class _Conn(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url.clear()
         self._headers = []
-        if self._head_timer is None:
-            self._head_timer = self.loop.call_later(
-                self.server.header_timeout, self._head_expired
-            )
+        self._head_size = 0
+        if self._timer_kind != "head":
+            self._arm("head", self.server.header_timeout)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._grow(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
+        self._grow(len(name) + len(value) + 4)
+
+    def _grow(self, size: int) -> None:
+        self._head_size += size
+        if self._head_size > self.server.max_head_size:
+            raise _HeadTooLarge("request head too large")
 
     def on_headers_complete(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        self._timer_kind = None
+        if self._no_more:
+            raise _Refused("request after the last one")
         parser = self._parser
         headers: CIMultiDict[str] = CIMultiDict()
         lengths = 0
@@ -496,6 +558,7 @@ class _Conn(asyncio.Protocol):
             version == "1.1" and expect.lower() == "100-continue",
         )
         self._feeding = request if request.body_exists else None
+        self._last = request
         if self._task is None and not self._queue:
             self._dispatch(request)
         else:
@@ -515,7 +578,7 @@ class _Conn(asyncio.Protocol):
             self._feeding = None
             request._end()
         if not self._parser.should_keep_alive():
-            self.closing = True
+            self._no_more = True  # the last request this connection serves
 
     @staticmethod
     def _target(url: bytes) -> str:
@@ -553,7 +616,7 @@ class _Conn(asyncio.Protocol):
                 self._abort()
                 return
             except Exception:
-                if response.started:
+                if response.head_sent:
                     log.exception("handler failed after its response started")
                     self._abort()
                 else:
@@ -563,7 +626,7 @@ class _Conn(asyncio.Protocol):
         finally:
             self._task = None
             self._current = None
-        if response.close or not request.complete:
+        if response.close or not request.keep_alive or not request.complete:
             self._close()
             return
         self._next()
@@ -591,10 +654,7 @@ class _Conn(asyncio.Protocol):
     def _refuse(self, status: int) -> None:
         """A malformed or refused request: answered in its turn, then the connection closes."""
         self._parse_error = True
-        self.closing = True
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        self._timer_kind = None
         if self._feeding is not None:
             self._feeding._fail(ClientGone("request body malformed"))
             self._feeding = None
@@ -616,29 +676,64 @@ class _Conn(asyncio.Protocol):
             lines.append(f"{name}: {value}\r\n")
         lines.append(f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
         self.transport.write("".join(lines).encode("latin-1") + body)
-        self._close()
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close after a refusal without losing the answer: end our side, then read and
+        drop what the client still sends (closing with unread data would reset the
+        connection, and the client could lose the answer) for at most ``LINGER`` seconds."""
+        transport = self.transport
+        if transport is None or not transport.can_write_eof():
+            self._close()
+            return
+        self.closing = True
+        self._parse_error = True  # data_received drops everything from now on
+        transport.write_eof()
+        if self._paused:
+            self._paused = False
+            transport.resume_reading()
+        self._arm("linger", LINGER)
+
+    def _arm(self, kind: str, delay: float) -> None:
+        at = self.loop.time() + delay
+        self._timer_kind = kind
+        self._deadline = at
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= at:
+                return  # it fires first and sets itself again
+            timer.cancel()
+        self._timer = self.loop.call_at(at, self._expired)
+
+    def _expired(self) -> None:
+        self._timer = None
+        kind = self._timer_kind
+        if kind is None or self.lost:
+            return
+        if self.loop.time() < self._deadline:
+            self._timer = self.loop.call_at(self._deadline, self._expired)
+            return
+        self._timer_kind = None
+        if kind == "head":
+            self._head_expired()
+        elif kind == "idle":
+            self._idle_expired()
+        else:
+            self._abort()  # lingered long enough
 
     def _head_expired(self) -> None:
-        self._head_timer = None
-        if self.lost:
-            return
         if self._paused:  # not reading: the client is not the slow one
-            self._head_timer = self.loop.call_later(
-                self.server.header_timeout, self._head_expired
-            )
+            self._arm("head", self.server.header_timeout)
             return
         self.server.tripped("header_timeout")
         log.info("client too slow to send a request head; connection closed")
         self._abort()
 
     def _arm_idle(self) -> None:
-        if self._idle_timer is None:
-            self._idle_timer = self.loop.call_later(
-                self.server.keepalive_timeout, self._idle_expired
-            )
+        if self._timer_kind is None:
+            self._arm("idle", self.server.keepalive_timeout)
 
     def _idle_expired(self) -> None:
-        self._idle_timer = None
         if self.idle and not self.lost:
             self.server.tripped("keepalive_timeout")
             self._close()
@@ -717,12 +812,14 @@ class HttpServer:
         max_body_size: int,
         on_error: ErrorRenderer,
         on_limit: Callable[[str], None] | None = None,
+        max_head_size: int = MAX_HEAD_SIZE,
     ) -> None:
         self.handler = handler
         self.max_connections = max_connections
         self.header_timeout = header_timeout
         self.keepalive_timeout = keepalive_timeout
         self.max_body_size = max_body_size
+        self.max_head_size = max_head_size
         self.on_error = on_error
         self._on_limit = on_limit
         self.draining = False
