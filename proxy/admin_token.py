@@ -71,7 +71,9 @@ class AdminLock:
         scheme, _, presented = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not presented.strip():
             return False
-        return hmac.compare_digest(presented.strip().encode(), self._current())
+        return hmac.compare_digest(
+            presented.strip().encode("utf-8", "surrogateescape"), self._current()
+        )
 
 
 def _stamp(path: str) -> tuple[int, int] | None:

@@ -121,6 +121,9 @@ _ACAO = hdrs.ACCESS_CONTROL_ALLOW_ORIGIN
 # MCP 2024-11-05: refusals about the sender, not the session, answer the POST itself (another
 # agent must never write into a session's stream).
 _SENDER_ERRORS = frozenset({E.AGENT_MISMATCH, E.ORIGIN_NOT_ALLOWED, E.UNAUTHENTICATED})
+# The agent card's well-known paths (A2A 1.0 and 0.3), exactly: what a client reads to learn
+# which credential to present.
+_CARD_PATHS = frozenset({"/.well-known/agent-card.json", "/.well-known/agent.json"})
 _SMALL_BODY = 64 * 1024  # read before refusing an unidentified caller, to echo its id
 _SSE_HEADERS = {"X-Accel-Buffering": "no"}  # nginx and kin in front must not buffer events
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "PUT"})
@@ -291,7 +294,7 @@ class Forwarder:
         # What a client reads before it can hold a credential: the agent card (it names the
         # scheme to use) and CORS preflights. Without a credential these pass as anonymous.
         public = request.method == "OPTIONS" or (
-            request.method in ("GET", "HEAD") and a2a.is_agent_card_path(path)
+            request.method in ("GET", "HEAD") and path in _CARD_PATHS
         )
         caller = await self._gate.caller(request.headers, metadata_url, public=public)
         refused: WardenError | None = None
@@ -306,23 +309,30 @@ class Forwarder:
         if slot is None:
             request[_OUTCOME] = RequestOutcome.DENIED
             return self._unread(request, WardenError(E.OVERLOADED, retry_after=1.0))
-        held = 0
         try:
-            if reads_body(request.method):
+            body: bytes | None = None
+            if reads_body(request.method) and request.body_exists:
                 length = request.content_length
                 if length is not None and length > self._settings.max_body_size:
                     return self._too_large(request)
-                # Bodies are read whole to be judged: all of them together stay bounded.
+                # Bodies are read whole to be judged: all of them together stay bounded
+                # while they are read (a body without a length counts as the largest).
                 held = length if length is not None else self._settings.max_body_size
                 if self._body_bytes + held > self._settings.max_inflight_body_bytes:
-                    held = 0
                     self._metrics.limits_tripped.inc("max_inflight_body_bytes")
                     request[_OUTCOME] = RequestOutcome.DENIED
                     return self._unread(request, WardenError(E.OVERLOADED, retry_after=1.0))
                 self._body_bytes += held
-            return await self._judge(request, refused)
+                try:
+                    body = await self._read_request(request)
+                except BodyTooLarge:
+                    return self._too_large(request)
+                finally:
+                    self._body_bytes -= held
+            elif reads_body(request.method):
+                body = b""
+            return await self._judge(request, refused, body)
         finally:
-            self._body_bytes -= held
             slot.release()
 
     def _metadata(self, request: web.Request, meta: ResourceMetadata) -> web.Response:
@@ -372,14 +382,10 @@ class Forwarder:
             resp.force_close()
         return resp
 
-    async def _judge(self, request: web.Request, refused: WardenError | None) -> web.StreamResponse:
+    async def _judge(
+        self, request: web.Request, refused: WardenError | None, body: bytes | None
+    ) -> web.StreamResponse:
         settings = self._settings
-        body: bytes | None = None
-        if reads_body(request.method):
-            try:
-                body = await self._read_request(request)
-            except BodyTooLarge:
-                return self._too_large(request)
         info = classify(request.method, request.path, request.headers, body, settings.protocol)
         request[_INFO] = info
         trace = self._trace(request, info)
@@ -413,8 +419,9 @@ class Forwarder:
         legacy: _LegacyStream | None = None
         if request.method == "POST" and self._legacy_paths:
             legacy = self._legacy.get(_target(request))
-            if legacy is None and request.path in self._legacy_paths:
-                # A message endpoint of no stream here: nothing to judge it in.
+            if legacy is None and any(request.path.startswith(bare) for bare in self._legacy_paths):
+                # At or under a message endpoint, but of no stream here (servers mount the
+                # endpoint as a prefix): nothing to judge it in.
                 request[_OUTCOME] = RequestOutcome.DENIED
                 return self._error(info, WardenError(E.SESSION_NOT_FOUND), trace)
         verdict = await self._gate.admit(

@@ -49,6 +49,9 @@ MINTED_HEADER = "Warden-Session"
 _UNCAPPED = 2**53
 _GRANTS_CACHED = 4096
 _ANONYMOUS = Credential(ANONYMOUS, "anonymous")
+# Store links naming the minted session a protocol session or an A2A context was opened in.
+_MCP_LINK = "mcp-session:"
+_A2A_LINK = "a2a-context:"
 _SESSION_STARTERS = frozenset({a2a.SEND_MESSAGE.name, a2a.SEND_STREAMING_MESSAGE.name})
 
 
@@ -253,7 +256,7 @@ class Gate:
         try:
             minted = headers.get(MINTED_HEADER)
             if minted is not None:
-                return await self._minted(adm, minted.strip(), info, rules)
+                return await self._minted(adm, minted.strip(), info, rules, headers, legacy, query)
             if rules.session.require == "minted" and _opens_or_needs_session(info):
                 method = info.body.first_method if info.body is not None else None
                 return self._deny(adm, Denial(E.SESSION_NOT_FOUND), method, None)
@@ -294,7 +297,16 @@ class Gate:
         self._grants[session_id] = grant
         return grant
 
-    async def _minted(self, adm: Admission, sid: str, info: Classified, rules: Rules) -> Verdict:
+    async def _minted(
+        self,
+        adm: Admission,
+        sid: str,
+        info: Classified,
+        rules: Rules,
+        headers: Mapping[str, str],
+        legacy: LegacySession | None,
+        query: MultiMapping[str] | None,
+    ) -> Verdict:
         adm.kind = Kind.MINTED
         body = info.body
         method = body.first_method if body is not None else None
@@ -304,6 +316,11 @@ class Gate:
         adm.session_id = sid
         adm.grant = grant
         adm.remembers = info.protocol == "mcp"
+        # Judged in the minted session, but whatever protocol session the request names
+        # must be the caller's too: a minted session is no key to another agent's.
+        foreign = await self._foreign(adm, info, headers, legacy, query)
+        if foreign is not None:
+            return self._deny(adm, Denial(foreign), method, None)
         limits = grant.narrow(limits_for(rules))
         adm.limits = limits
         calls = self._calls(info, rules)
@@ -324,6 +341,64 @@ class Gate:
         if outcome.session is not None:
             return self._deny(adm, outcome.session, method, None)
         return self._apply(adm, info, list(outcome.calls), calls)
+
+    async def _foreign(
+        self,
+        adm: Admission,
+        info: Classified,
+        headers: Mapping[str, str],
+        legacy: LegacySession | None,
+        query: MultiMapping[str] | None,
+    ) -> E | None:
+        """AGENT_MISMATCH (or SESSION_NOT_FOUND when unsure) for a protocol session, stream
+        or A2A context of another agent named by a request in a minted session."""
+        if legacy is not None and legacy.agent != adm.agent:
+            return E.AGENT_MISMATCH
+        now = self._clock()
+        mcp_sid = headers.get(mcp.SESSION_HEADER)
+        if mcp_sid:
+            owner = await self._owner(mcp_sid, _MCP_LINK + mcp_sid, now)
+            if owner is None:
+                return E.SESSION_NOT_FOUND  # not issued under a session of the caller's
+            if owner != adm.agent:
+                return E.AGENT_MISMATCH
+        op = info.a2a_op
+        if op is None:
+            return None
+        params = (
+            info.rest_doc
+            if info.rest is not None
+            else (info.body.messages[0].params if info.body is not None else None)
+        )
+        ctx = a2a.context_id(op, params)
+        if ctx is None and op is a2a.LIST_TASKS and query:
+            ctx = query.get("contextId") or query.get("context_id")
+        task = (info.rest.task_id if info.rest else None) or a2a.task_id(op, params)
+        if ctx is None and task is not None:
+            known = await self._store.task_context(task, now)
+            if isinstance(known, Denial):
+                return E.OVERLOADED
+            ctx = known
+        if ctx is not None:
+            owner = await self._owner(ctx, _A2A_LINK + ctx, now)
+            if owner is not None and owner != adm.agent:
+                return E.AGENT_MISMATCH
+        elif task is None and op is a2a.LIST_TASKS:
+            adm.own_tasks_only = True
+        adm.learns = True  # contexts and tasks it reveals are linked to this minted session
+        return None
+
+    async def _owner(self, ident: str, link: str, now: float) -> str | None:
+        """The agent a protocol session or context belongs to: a session of its own, or one
+        linked to the minted session it was opened under."""
+        known = await self._store.get(ident)
+        if known is not None:
+            return known.agent
+        via = await self._store.task_context(link, now)
+        if isinstance(via, str):
+            minted = await self._store.get(via)
+            return minted.agent if minted is not None else None
+        return None
 
     async def mint(self, grant: Grant) -> tuple[str, float] | Denial:
         """A new minted session for ``grant.agent``, under its policy's cap: (id, expiry)."""
@@ -620,6 +695,12 @@ class Gate:
                 if ctx is None:
                     continue
                 now = self._clock()
+                if adm.kind is Kind.MINTED and adm.session_id is not None:
+                    # A context opened under a minted session is its agent's.
+                    await self._store.link_task(_A2A_LINK + ctx, adm.session_id, now)
+                    if task is not None:
+                        await self._store.link_task(task, ctx, now)
+                    continue
                 assert adm.limits is not None
                 held = adm.reservation
                 if held is None and adm.adopt_after:
@@ -651,9 +732,9 @@ class Gate:
         none, so nothing foreign is ever shown)."""
         owned: set[str] = set()
         try:
+            now = self._clock()
             for ctx in contexts:
-                known = await self._store.get(ctx)
-                if known is not None and known.agent == adm.agent:
+                if await self._owner(ctx, _A2A_LINK + ctx, now) == adm.agent:
                     owned.add(ctx)
         except StoreUnavailable as exc:
             log.error("session store unavailable while filtering", extra={"error": str(exc)})
@@ -791,7 +872,10 @@ class Gate:
     def _deny(
         self, adm: Admission, denial: Denial, method: str | None, tool: str | None
     ) -> Verdict:
-        """The whole request: refused, or (audit) admitted as it is."""
+        """The whole request: refused, or (audit) admitted as it is. Another agent's
+        session is never entered, audit mode or not: that is no limit to trial."""
+        if denial.reason is E.AGENT_MISMATCH:
+            adm.mode = "enforce"
         error = self._record(adm, denial, method, tool)
         return adm if error is None else Refusal(error, adm)
 
@@ -806,6 +890,10 @@ class Gate:
         """
         extra: dict[str, str] = {}
         try:
+            opened = (upstream_headers or {}).get(mcp.SESSION_HEADER)
+            if adm.kind is Kind.MINTED and adm.session_id and opened and status is not None:
+                # An MCP session opened under a minted session: the caller's, from now on.
+                await self._store.link_task(_MCP_LINK + opened, adm.session_id, self._clock())
             if adm.reservation is not None and adm.learns:
                 if status is None or not 200 <= status < 300:
                     await self.finish(adm)

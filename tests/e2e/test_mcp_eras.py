@@ -1049,6 +1049,35 @@ async def test_agent_mismatch_2024(policed: Stacks, web: httpx.AsyncClient) -> N
         await owner.close()
 
 
+async def test_a_path_under_a_message_endpoint_is_no_way_around_it(
+    policed: Stacks, web: httpx.AsyncClient
+) -> None:
+    """Review finding: SDK servers mount the message endpoint as a prefix, so a POST to a
+    path under it with the owner's session_id reaches the owner's session upstream. The
+    proxy refuses it (SESSION_NOT_FOUND): it names no stream it relays."""
+    stack = policed.sse
+    owner = Raw2024(web, stack, fresh("owner"), "2024")
+    try:
+        await owner.open()
+        seen_before = len(owner.messages())
+        sideways = owner.endpoint.replace("/messages/", "/messages/x")
+        intruder = Raw2024(web, stack, fresh("intruder"), "2024", endpoint=sideways)
+        message = {
+            "jsonrpc": "2.0",
+            "id": 77,
+            "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"text": "not yours"}},
+        }
+        response = await intruder.post(message)
+        assert intruder.upstream_saw() == [], "the sideways POST reached the upstream"
+        check_error(response.json()["error"], "SESSION_NOT_FOUND")
+        assert (await owner.echo("mine")).tool_text() == "mine"
+        foreign = [m for m in owner.messages()[seen_before:] if m.get("id") == 77]
+        assert foreign == [], foreign
+    finally:
+        await owner.close()
+
+
 # --- 3. tools/list filtered in every era -------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from proxy.admin_token import AdminLock
 from proxy.errors import E
 from proxy.gate import (
     MINTED_HEADER,
@@ -646,3 +647,45 @@ async def test_mrtr_a_refused_retry_gives_its_state_back() -> None:
     refused(await h.send(call("secret", id=2, requestState="s1")), E.TOOL_NOT_AUTHORIZED)
     allowed(await h.send(call(id=3, requestState="s1")))
     assert (await h.live())[sid(first)].calls_used == 1
+
+
+# --- a session of another agent, whatever the route ---------------------------------------
+
+
+async def test_a_minted_session_is_no_key_to_another_agents_protocol_session() -> None:
+    """Review finding: a request in the caller's own minted session naming bob's
+    Mcp-Session-Id is refused (AGENT_MISMATCH), as it is without the minted header; an
+    MCP session opened under the caller's minted session stays usable."""
+    h = Harness("")
+    await open_mcp(h, "bob-sess", agent="bob")
+    mallory = await h.gate.mint(parse_grant({"agent": "mallory"}))
+    assert isinstance(mallory, tuple)
+    headers = {MINTED_HEADER: mallory[0], SESSION: "bob-sess"}
+    refused(await h.send(call(id=1), agent="mallory", headers=headers), E.AGENT_MISMATCH)
+    # An id the proxy never saw issued to the caller: refused, not guessed.
+    unknown = {MINTED_HEADER: mallory[0], SESSION: "never-issued"}
+    refused(await h.send(call(id=2), agent="mallory", headers=unknown), E.SESSION_NOT_FOUND)
+    # Opened under the minted session: the upstream's id is linked to it.
+    init = allowed(await h.send(INIT, agent="mallory", headers={MINTED_HEADER: mallory[0]}))
+    await h.gate.settle(init, 200, CIMultiDictProxy(CIMultiDict({SESSION: "mal-sess"})))
+    mine = {MINTED_HEADER: mallory[0], SESSION: "mal-sess"}
+    allowed(await h.send(call(id=3), agent="mallory", headers=mine))
+
+
+async def test_audit_mode_never_enters_another_agents_session() -> None:
+    """Review finding: AGENT_MISMATCH is enforced in audit mode (no limit to trial)."""
+    h = Harness("defaults: {mode: audit}")
+    await open_mcp(h, "bob-sess", agent="bob")
+    refused(
+        await h.send(call(id=1), agent="mallory", headers={SESSION: "bob-sess"}),
+        E.AGENT_MISMATCH,
+    )
+
+
+def test_an_admin_token_that_is_not_utf8_is_refused_not_a_crash() -> None:
+    """Review finding: aiohttp hands undecodable header bytes as surrogates."""
+    lock = AdminLock("/dev/null")
+    lock._token = b"secret"
+    lock.path = "/nonexistent-so-the-token-stays"
+    assert lock.allows("Bearer \udcff\udcfe", "127.0.0.1") is False
+    assert lock.allows("Bearer secret", "10.0.0.5") is True
