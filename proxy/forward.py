@@ -125,6 +125,8 @@ _SENDER_ERRORS = frozenset({E.AGENT_MISMATCH, E.ORIGIN_NOT_ALLOWED, E.UNAUTHENTI
 # which credential to present.
 _CARD_PATHS = frozenset({"/.well-known/agent-card.json", "/.well-known/agent.json"})
 _SMALL_BODY = 64 * 1024  # read before refusing an unidentified caller, to echo its id
+# Headers naming a session or a protocol revision: more than one is refused.
+_ONCE_ONLY = (SESSION_HEADER, mcp.PROTOCOL_VERSION_HEADER, MINTED_HEADER)
 _SSE_HEADERS = {"X-Accel-Buffering": "no"}  # nginx and kin in front must not buffer events
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "PUT"})
 _UPSTREAM_MESSAGE_MAX = 200
@@ -416,6 +418,12 @@ class Forwarder:
         if info.protocol == "mcp" and info.body is not None and _header_mismatch(request, info):
             request[_OUTCOME] = RequestOutcome.INVALID
             return self._error(info, WardenError(E.HEADER_MISMATCH), trace)
+        if any(len(request.headers.getall(name, ())) > 1 for name in _ONCE_ONLY):
+            # A session header sent twice: the upstream may read the copy the proxy did not.
+            request[_OUTCOME] = RequestOutcome.INVALID
+            resp = self._error(info, WardenError(E.INVALID_REQUEST), trace)
+            resp.set_status(400)
+            return resp
         legacy: _LegacyStream | None = None
         if request.method == "POST" and self._legacy_paths:
             legacy = self._legacy.get(_target(request))
@@ -646,7 +654,11 @@ class Forwarder:
         headers = filter_headers(request.headers, _REQUEST_DROP)
         identity = self._gate.identity()
         if _CALLER in request:
-            # The verified agent, replacing whatever the client wrote there.
+            # The verified agent, replacing whatever the client wrote there, also under a
+            # spelling some servers read as the same name (X_Agent_Id for X-Agent-Id).
+            folded = _fold(identity.header)
+            for name in [n for n in headers if _fold(n) == folded]:
+                headers.popall(name, None)
             headers[identity.header] = request[_CALLER].agent
         if not identity.forward_credentials:
             headers.popall(hdrs.AUTHORIZATION, None)
@@ -1393,6 +1405,11 @@ def _rest_reason_of_jsonrpc_body(doc: Any) -> E | None:
     error = doc.get("error") if isinstance(doc, dict) else None
     code = error.get("code") if isinstance(error, dict) else None
     return rest_reason_for_jsonrpc_code(code) if isinstance(code, int) else None
+
+
+def _fold(name: str) -> str:
+    """A header name as CGI/WSGI-style servers see it: case and ``_``/``-`` folded."""
+    return name.lower().replace("_", "-")
 
 
 def _task_context(task: Any) -> str | None:

@@ -657,6 +657,66 @@ async def test_an_identity_header_that_cannot_be_believed_is_refused(
         assert set(seen.headers.getall(AGENT)) == {"alice"}, seen.headers
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param("Mcp-Session-Id: a\r\nMcp-Session-Id: b\r\n", id="two-session-ids"),
+        pytest.param(
+            "MCP-Protocol-Version: 2025-06-18\r\nMCP-Protocol-Version: 2026-07-28\r\n",
+            id="two-protocol-versions",
+        ),
+        pytest.param("Warden-Session: a\r\nWarden-Session: b\r\n", id="two-minted-sessions"),
+    ],
+)
+async def test_a_session_header_sent_twice_is_refused(
+    run_proxy: RunProxy,
+    upstream: tuple[Upstream, str],
+    raws: Callable[[str], Awaitable[Raw]],
+    extra: str,
+) -> None:
+    """Review of this session: the gate reads one copy of a session header, the upstream
+    may read the other; a request carrying two is refused (400) before the upstream."""
+    up, url = upstream
+    proxy = run_proxy(url)
+    body = json.dumps(call("echo", 8)).encode()
+    raw = await raws(proxy.url)
+    await raw.send(
+        f"POST /mcp HTTP/1.1\r\nHost: {host_of(proxy.url)}\r\nContent-Type: application/json\r\n"
+        f"Accept: application/json, text/event-stream\r\nX-Agent-Id: alice\r\n{extra}"
+        f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    answer = await raw.response()
+    assert answer.status == 400, answer
+    assert answer.json()["error"]["code"] == INVALID_REQUEST
+    assert up.seen == []
+
+
+async def test_an_identity_header_under_another_spelling_never_reaches_the_upstream(
+    run_proxy: RunProxy,
+    upstream: tuple[Upstream, str],
+    raws: Callable[[str], Awaitable[Raw]],
+) -> None:
+    """Review of this session: `X_Agent_Id` is the same variable as `X-Agent-Id` to CGI and
+    WSGI servers; only the proxy's own identity header goes up."""
+    up, url = upstream
+    proxy = run_proxy(url)
+    body = json.dumps(call("echo", 9)).encode()
+    raw = await raws(proxy.url)
+    await raw.send(
+        f"POST /mcp HTTP/1.1\r\nHost: {host_of(proxy.url)}\r\nContent-Type: application/json\r\n"
+        f"Accept: application/json, text/event-stream\r\nX-Agent-Id: alice\r\n"
+        f"X_Agent_Id: mallory\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    answer = await raw.response()
+    assert answer.status == 200, answer
+    (seen,) = up.seen
+    assert [v for k, v in seen.headers.items() if k.lower().replace("_", "-") == "x-agent-id"] == [
+        "alice"
+    ], seen.headers
+
+
 # ==== 16. compressed request bodies ============================================================
 
 
