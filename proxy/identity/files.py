@@ -18,13 +18,12 @@ import asyncio
 import hashlib
 import logging
 import math
-import os
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from proxy.files import Fingerprint, fingerprint
+from proxy.files import read_bounded as _read_bounded
 
 __all__ = ["MAX_FILE_BYTES", "WatchedFile", "read_bounded"]
 
@@ -44,24 +43,7 @@ class _Bad:
 def read_bounded(path: str, limit: int = MAX_FILE_BYTES) -> bytes:
     """The bytes of the regular file at ``path``; OSError if unreadable, ValueError if it
     is not a regular file or holds more than ``limit`` bytes. Never blocks on a FIFO."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
-    fd = os.open(path, flags)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError("not a regular file")
-        if st.st_size > limit:
-            raise ValueError(f"{st.st_size} bytes, more than {limit}")
-        chunks: list[bytes] = []
-        size = 0
-        while chunk := os.read(fd, limit + 1 - size):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > limit:  # grown since the fstat
-                raise ValueError(f"more than {limit} bytes")
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
+    return _read_bounded(path, limit)
 
 
 def _load(path: str, parse: Callable[[bytes], T]) -> tuple[str, T | _Bad]:

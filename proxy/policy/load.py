@@ -80,6 +80,7 @@ from yaml.events import (
 from yaml.nodes import CollectionNode, MappingNode, Node, ScalarNode, SequenceNode
 
 from proxy.durations import DURATION_HINT, DURATION_RE, parse_duration
+from proxy.files import FileTooLarge, NotRegularFile, read_bounded
 from proxy.policy.globs import glob_problem
 from proxy.policy.model import (
     ANY_ORIGIN,
@@ -1200,23 +1201,13 @@ def read_policy_file(path: str | Path) -> bytes:
     """
     name = str(path)
     _refuse(name, os.stat(path).st_mode)
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
-    fd = os.open(path, flags)
     try:
-        st = os.fstat(fd)
-        _refuse(name, st.st_mode)
-        if st.st_size > MAX_FILE_BYTES:
-            raise _too_big(name, str(st.st_size))
-        chunks: list[bytes] = []
-        size = 0
-        while chunk := os.read(fd, MAX_FILE_BYTES + 1 - size):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > MAX_FILE_BYTES:  # grown since the fstat
-                raise _too_big(name, f"more than {MAX_FILE_BYTES}")
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
+        return read_bounded(name, MAX_FILE_BYTES)
+    except NotRegularFile as exc:  # swapped in between the stat and the open
+        _refuse(name, exc.mode)
+        raise
+    except FileTooLarge as exc:
+        raise _too_big(name, exc.size) from None
 
 
 def load_policy(path: str | Path) -> PolicyFile:
