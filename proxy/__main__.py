@@ -16,10 +16,9 @@ from aiohttp import web
 
 from proxy import __version__, logs
 from proxy.admin_token import AdminLock, TokenFileError
-from proxy.app import Runtime, build_admin_app, build_proxy_app, services
+from proxy.app import ProxyListener, Runtime, build_admin_app, services
 from proxy.config import ConfigError, Settings, env_name, from_options
 from proxy.inject import cli as inject_cli
-from proxy.listener import GuardedRunner, connection_cap
 from proxy.policy import DEFAULT_POLICY, PolicyError, check_files, load_policy
 from proxy.sessions import open_store
 from proxy.telemetry import Telemetry
@@ -118,34 +117,15 @@ async def _serve(settings: Settings, runtime: Runtime) -> None:
 
 
 async def _listen(settings: Settings, runtime: Runtime) -> None:
-    proxy_runner = GuardedRunner(
-        build_proxy_app(runtime),
-        metrics=runtime.metrics,
-        max_connections=connection_cap(settings.max_client_connections, settings.max_connections),
-        header_timeout=settings.header_timeout,
-        domain=runtime.policy.errors.domain,
-        access_log=None,
-        shutdown_timeout=settings.grace_period,
-        keepalive_timeout=settings.keepalive_timeout,
-        # A client that leaves ends its handler, and so the upstream request or stream.
-        handler_cancellation=True,
-    )
+    proxy = ProxyListener(runtime)
     admin_runner = web.AppRunner(build_admin_app(runtime), access_log=None, shutdown_timeout=1.0)
-    await proxy_runner.setup()
     await admin_runner.setup()
     try:
         await web.TCPSite(
             admin_runner, settings.admin.host, settings.admin.port, reuse_address=True
         ).start()
-        await web.TCPSite(
-            proxy_runner,
-            settings.listen.host,
-            settings.listen.port,
-            reuse_address=True,
-            backlog=1024,
-        ).start()
+        await proxy.start(settings.listen.host, settings.listen.port)
     except OSError as exc:
-        await proxy_runner.cleanup()
         await admin_runner.cleanup()
         raise ConfigError(f"cannot listen: {exc.strerror or exc}") from None
     stop = asyncio.Event()
@@ -170,7 +150,7 @@ async def _listen(settings: Settings, runtime: Runtime) -> None:
     runtime.draining = True
     log.info("draining", extra={"grace_period_s": settings.grace_period})
     # Closes the listener, lets in-flight requests and streams finish within the grace period.
-    await proxy_runner.cleanup()
+    await proxy.drain(settings.grace_period)
     await admin_runner.cleanup()
     log.info("stopped")
 

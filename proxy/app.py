@@ -16,11 +16,12 @@ from aiohttp import ClientSession, ClientTimeout, DummyCookieJar, web
 from proxy.admin_token import AdminLock
 from proxy.config import Settings
 from proxy.dataplane import UpstreamPool
+from proxy.dataplane.server import HttpServer
 from proxy.errors import E, WardenError, render_aip193
 from proxy.forward import Forwarder
 from proxy.gate import Gate
 from proxy.identity import Verifier, build_verifier
-from proxy.listener import no_banner
+from proxy.listener import BANNER, connection_cap, no_banner
 from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.metrics import CloseCause, Metrics, ReloadResult
 from proxy.policy import PolicyError, PolicyFile
@@ -116,7 +117,6 @@ class IdentityService:
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
-FORWARDER = web.AppKey("forwarder", Forwarder)
 
 
 def _error_response(runtime: Runtime, err: WardenError) -> web.Response:
@@ -125,72 +125,73 @@ def _error_response(runtime: Runtime, err: WardenError) -> web.Response:
     return web.Response(status=rendered.status, body=rendered.body, headers=dict(rendered.headers))
 
 
-async def _upstream_client(app: web.Application) -> AsyncIterator[None]:
-    runtime = app[RUNTIME]
-    settings = runtime.settings
-    # The proxy's own HTTP/1.1 pool on llhttp: a fraction of aiohttp's client cost per call.
-    client = UpstreamPool(
-        str(settings.upstream),
-        max_connections=settings.max_connections,
-        connect_timeout=settings.connect_timeout,
-        keepalive=settings.upstream_keepalive,
-        read_timeout=settings.stream_idle_timeout,
-    )
-    app[FORWARDER] = Forwarder(
-        settings,
-        client,
-        lambda: runtime.policy.errors,
-        runtime.gate(),
-        runtime.metrics,
-        runtime.telemetry,
-    )
-    try:
-        await runtime.identity.open(runtime.policy.identity)
-        yield
-    finally:
-        await runtime.identity.close()
-        await client.close()
+class ProxyListener:
+    """The data plane: the listener (llhttp on ``asyncio.Protocol``), the upstream pool and
+    the forwarder between them; the identity service's lifetime is the listener's."""
 
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        settings = runtime.settings
+        self._pool = UpstreamPool(
+            str(settings.upstream),
+            max_connections=settings.max_connections,
+            connect_timeout=settings.connect_timeout,
+            keepalive=settings.upstream_keepalive,
+            read_timeout=settings.stream_idle_timeout,
+        )
+        self.forwarder = Forwarder(
+            settings,
+            self._pool,
+            lambda: runtime.policy.errors,
+            runtime.gate(),
+            runtime.metrics,
+            runtime.telemetry,
+        )
+        self._server = HttpServer(
+            self.forwarder.handle,
+            max_connections=connection_cap(
+                settings.max_client_connections, settings.max_connections
+            ),
+            header_timeout=settings.header_timeout,
+            keepalive_timeout=settings.keepalive_timeout,
+            max_body_size=settings.max_body_size,
+            on_error=self._refusal,
+            on_limit=runtime.metrics.limits_tripped.inc,
+        )
+        self.port = 0
 
-def build_proxy_app(runtime: Runtime) -> web.Application:
-    app = web.Application(client_max_size=runtime.settings.max_body_size)
-    app[RUNTIME] = runtime
-    app.cleanup_ctx.append(_upstream_client)
+    def _refusal(self, status: int) -> tuple[int, list[tuple[str, str]], bytes]:
+        """What the listener answers a request it cannot parse or serve: an envelope that
+        echoes nothing of the request."""
+        style = self._runtime.policy.errors
+        spec = E.INVALID_REQUEST if 400 <= status < 500 else E.INTERNAL_ERROR
+        rendered = render_aip193(WardenError(spec), domain=style.domain, a2a_spec=style.a2a_spec)
+        code = status if spec is E.INVALID_REQUEST else rendered.status
+        return code, [*rendered.headers, ("Server", BANNER)], rendered.body
 
-    async def handle(request: web.Request) -> web.StreamResponse:
+    async def start(self, host: str, port: int) -> int:
+        """Open the identity service, then listen; returns the port."""
+        await self._runtime.identity.open(self._runtime.policy.identity)
         try:
-            return await app[FORWARDER].handle(request)
-        except web.HTTPException:
+            self.port = await self._server.start(host, port, backlog=1024)
+        except BaseException:
+            await self._runtime.identity.close()
+            await self._pool.close()
             raise
-        except Exception:
-            # A bug must still answer with an envelope and never show a traceback to a client.
-            log.exception("unhandled error while proxying", extra={"path": request.path})
-            if request.writer.output_size > 0:
-                # The answer has begun: a second one would corrupt it. Cut the connection.
-                if request.transport is not None:
-                    request.transport.close()
-                raise ConnectionResetError("response already started") from None
-            return _error_response(runtime, WardenError(E.INTERNAL_ERROR))
+        return self.port
 
-    @web.middleware
-    async def unrouted(
-        request: web.Request,
-        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-    ) -> web.StreamResponse:
-        """Targets no route can take (``CONNECT host:443``, ``OPTIONS *``): an envelope."""
-        try:
-            return await handler(request)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            log.info("request target refused", extra={"method": request.method})
-            return _error_response(runtime, WardenError(E.INVALID_REQUEST))
+    async def drain(self, grace: float) -> None:
+        """Stop accepting; let requests and streams in flight end within ``grace``."""
+        await self._server.drain(grace)
+        await self._shut()
 
-    app.middlewares.append(unrouted)
-    # Any path at all, newlines (%0A) included: the upstream decides what exists.
-    app.router.add_route("*", r"/{tail:[\s\S]*}", handle)
-    app.on_response_prepare.append(no_banner)
-    return app
+    async def close(self) -> None:
+        await self._server.close()
+        await self._shut()
+
+    async def _shut(self) -> None:
+        await self._runtime.identity.close()
+        await self._pool.close()
 
 
 def _iso(ts: float) -> str:
@@ -378,4 +379,4 @@ async def services(runtime: Runtime) -> AsyncIterator[None]:
         await asyncio.to_thread(runtime.telemetry.shutdown)
 
 
-__all__ = ["RUNTIME", "Runtime", "build_admin_app", "build_proxy_app", "services"]
+__all__ = ["RUNTIME", "ProxyListener", "Runtime", "build_admin_app", "services"]

@@ -8,12 +8,14 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from email.utils import formatdate
+from http import HTTPStatus
 from typing import Any
 
-from aiohttp import hdrs, web
-from multidict import CIMultiDict, CIMultiDictProxy
+from aiohttp import hdrs
+from multidict import CIMultiDict, CIMultiDictProxy, MultiDictProxy
 from yarl import URL
 
 from proxy.config import Settings
@@ -24,6 +26,8 @@ from proxy.dataplane import (
     UpstreamResponse,
     UpstreamTimeout,
 )
+from proxy.dataplane.coding import CodingError, Inflater, UnsupportedCoding, inflater_for
+from proxy.dataplane.server import BodyTooLarge, ServerRequest, ServerResponse
 from proxy.errors import (
     E,
     Rendered,
@@ -53,6 +57,7 @@ from proxy.gate import (
 )
 from proxy.identity import Credential, metadata_document
 from proxy.identity.metadata import WELL_KNOWN
+from proxy.listener import BANNER
 from proxy.metrics import HTTP_METHODS, OTHER, Metrics, RequestOutcome
 from proxy.policy.decide import ANONYMOUS
 from proxy.policy.model import ErrorsConfig, ResourceMetadata
@@ -100,7 +105,7 @@ _REQUEST_DROP = HOP_BY_HOP | {
     "content-length",
     "expect",
     "accept-encoding",
-    # aiohttp inflates request bodies: what goes up is the inflated bytes the proxy judged.
+    # Request bodies are inflated: what goes up is the inflated bytes the proxy judged.
     "content-encoding",
     MINTED_HEADER.lower(),
     # The proxy says who the client is; a client's own claims are not passed on.
@@ -133,10 +138,6 @@ _UPSTREAM_MESSAGE_MAX = 200
 _CHUNK = 64 * 1024
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     values = headers.getall(hdrs.CONNECTION, ())
     if not values:
@@ -163,6 +164,136 @@ def upstream_failure(exc: BaseException) -> E:
     if isinstance(exc, UpstreamTimeout | TimeoutError):  # no response head in time
         return E.UPSTREAM_TIMEOUT
     return E.UPSTREAM_UNAVAILABLE
+
+
+class Answer:
+    """A whole response the proxy gives, its body known: an envelope, a rewritten body, or a
+    small upstream body read at once."""
+
+    __slots__ = ("body", "close", "headers", "reason", "status")
+
+    def __init__(
+        self,
+        *,
+        status: int = 200,
+        body: bytes = b"",
+        reason: str = "",
+        headers: CIMultiDict[str] | Iterable[tuple[str, str]] | None = None,
+        text: str | None = None,
+        content_type: str | None = None,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        if isinstance(headers, CIMultiDict):
+            self.headers = headers
+        else:
+            self.headers = CIMultiDict(headers or ())
+        if text is not None:
+            body = text.encode()
+            self.headers[hdrs.CONTENT_TYPE] = f"{content_type or 'text/plain'}; charset=utf-8"
+        elif content_type is not None:
+            self.headers[hdrs.CONTENT_TYPE] = content_type
+        self.body = body
+        self.close = False
+
+    def set_status(self, status: int) -> None:
+        self.status = status
+
+    def force_close(self) -> None:
+        """The connection closes after this answer."""
+        self.close = True
+
+
+class _Stream:
+    """A response whose body is relayed as it arrives (the head goes out at once)."""
+
+    __slots__ = ("_out", "content_length", "headers", "reason", "status")
+
+    def __init__(self, *, status: int, reason: str, headers: CIMultiDict[str]) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.content_length: int | None = None
+        self._out: ServerResponse | None = None
+
+    async def prepare(self, request: _Flight) -> None:
+        out = self._out = request.response
+        headers = self.headers
+        if self.content_length is not None:
+            headers[hdrs.CONTENT_LENGTH] = str(self.content_length)
+        if hdrs.DATE not in headers:
+            headers[hdrs.DATE] = _http_date()
+        out.start(self.status, self.reason or _reason(self.status), headers.items())
+        await out.write(b"")  # the head, now: a stream's first event may be far off
+
+    async def write(self, data: bytes) -> None:
+        assert self._out is not None
+        await self._out.write(data)
+
+    async def write_eof(self) -> None:
+        assert self._out is not None
+        await self._out.write_eof()
+
+
+class _Flight:
+    """One request on its way through the proxy: what arrived, and what was learnt of it."""
+
+    __slots__ = (
+        "_query",
+        "body_exists",
+        "caller",
+        "content",
+        "content_length",
+        "headers",
+        "host",
+        "info",
+        "method",
+        "outcome",
+        "path",
+        "query_string",
+        "remote",
+        "response",
+        "slot",
+        "target",
+        "trace",
+    )
+
+    scheme = "http"
+
+    def __init__(self, request: ServerRequest, response: ServerResponse) -> None:
+        self.content = request
+        self.response = response
+        self.method = request.method
+        self.target = target = request.target  # path?query as sent
+        self.headers = request.headers
+        self.body_exists = request.body_exists
+        self.content_length = request.content_length
+        self.remote = request.peer[0] if request.peer is not None else None
+        self.host = request.headers.get(hdrs.HOST, "")
+        raw, _, query = target.partition("#")[0].partition("?")
+        # The path as the upstream's router reads it: percent-decoded (an encoded slash
+        # stays encoded), exactly as aiohttp's parser decodes it.
+        self.path = URL.build(path=raw, encoded=True).path if "%" in raw else raw
+        self.query_string = query
+        self._query: MultiDictProxy[str] | None = None
+        self.outcome = RequestOutcome.ALLOWED
+        self.trace: Trace | None = None
+        self.info: Classified | None = None
+        self.slot: _Slot | None = None
+        self.caller: Credential | None = None
+
+    @property
+    def query(self) -> MultiDictProxy[str]:
+        if self._query is None:
+            self._query = URL.build(query_string=self.query_string, encoded=True).query
+        return self._query
+
+    @property
+    def content_type(self) -> str:
+        raw = self.headers.get(hdrs.CONTENT_TYPE)
+        if raw is None:
+            return "application/octet-stream"
+        return raw.partition(";")[0].strip().lower()
 
 
 class _Slot:
@@ -219,7 +350,7 @@ class _LegacyStream:
     """An MCP 2024-11-05 event stream this process relays: where its POSTs' answers go."""
 
     session: LegacySession
-    out: web.StreamResponse
+    out: _Stream
     tools_lists: dict[jsonrpc.JsonRpcId, Admission]  # pending tools/list ids -> their caller
     remembers: Admission | None = None  # who asked last: input_required states bind to it
 
@@ -257,31 +388,48 @@ class Forwarder:
 
     # -- request side -------------------------------------------------------------------
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, incoming: ServerRequest, response: ServerResponse) -> None:
         """Answer one request; counts it by protocol, method and outcome."""
         metrics = self._metrics
         metrics.in_flight.inc()
-        request[_OUTCOME] = RequestOutcome.ALLOWED
+        request = _Flight(incoming, response)
         status = 500
         try:
-            response = await self._handle(request)
-            status = response.status
-            return response
+            if not request.target.startswith("/"):
+                # Targets no resource has (``CONNECT host:443``, ``OPTIONS *``): refused.
+                log.info("request target refused", extra={"method": request.method})
+                request.outcome = RequestOutcome.INVALID
+                answer: Answer | _Stream = self._aip193(WardenError(E.INVALID_REQUEST))
+            else:
+                answer = await self._handle(request)
+            status = answer.status
+            if isinstance(answer, Answer):
+                await self._send(request, answer)
         except asyncio.CancelledError:
             status = 499  # the client went away
             raise
+        except Exception:
+            # A bug must still answer with an envelope and never show a traceback.
+            log.exception("unhandled error while proxying", extra={"path": request.path})
+            if response.started:
+                response.abort()  # the answer has begun: a second one would corrupt it
+            else:
+                status = 500
+                await self._send(request, self._aip193(WardenError(E.INTERNAL_ERROR)))
         finally:
-            self._trace(request).end(status)
+            trace = request.trace
+            if trace is not None:
+                trace.end(status)
             metrics.in_flight.dec()
-            info = request.get(_INFO)
+            info = request.info
             if info is None:
-                metrics.requests.inc("unknown", _http_label(request.method), request[_OUTCOME])
+                metrics.requests.inc("unknown", _http_label(request.method), request.outcome)
             else:
                 metrics.requests.inc(
-                    info.protocol, _method_label(info, request.method), request[_OUTCOME]
+                    info.protocol, _method_label(info, request.method), request.outcome
                 )
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def _handle(self, request: _Flight) -> Answer | _Stream:
         # Who is calling comes first: nothing of a body is read for a caller refused anyway.
         identity = self._gate.identity()
         meta = identity.resource_metadata
@@ -301,15 +449,15 @@ class Forwarder:
         caller = await self._gate.caller(request.headers, metadata_url, public=public)
         refused: WardenError | None = None
         if isinstance(caller, WardenError):
-            request[_OUTCOME] = RequestOutcome.DENIED
+            request.outcome = RequestOutcome.DENIED
             length = request.content_length
             if request.body_exists and (length is None or length > _SMALL_BODY):
                 return self._unread(request, caller)
             refused, caller = caller, _NOBODY  # a small body is read: its id is echoed
-        request[_CALLER] = caller
+        request.caller = caller
         slot = self._take_slot(request, caller.agent)
         if slot is None:
-            request[_OUTCOME] = RequestOutcome.DENIED
+            request.outcome = RequestOutcome.DENIED
             return self._unread(request, WardenError(E.OVERLOADED, retry_after=1.0))
         try:
             body: bytes | None = None
@@ -322,13 +470,15 @@ class Forwarder:
                 held = length if length is not None else self._settings.max_body_size
                 if self._body_bytes + held > self._settings.max_inflight_body_bytes:
                     self._metrics.limits_tripped.inc("max_inflight_body_bytes")
-                    request[_OUTCOME] = RequestOutcome.DENIED
+                    request.outcome = RequestOutcome.DENIED
                     return self._unread(request, WardenError(E.OVERLOADED, retry_after=1.0))
                 self._body_bytes += held
                 try:
                     body = await self._read_request(request)
                 except BodyTooLarge:
                     return self._too_large(request)
+                except CodingError as exc:
+                    return self._undecodable(request, exc)
                 finally:
                     self._body_bytes -= held
             elif reads_body(request.method):
@@ -337,13 +487,41 @@ class Forwarder:
         finally:
             slot.release()
 
-    def _metadata(self, request: web.Request, meta: ResourceMetadata) -> web.Response:
+    def _metadata(self, request: _Flight, meta: ResourceMetadata) -> Answer:
         """RFC 9728 Protected Resource Metadata, served without credentials."""
         base = self._public_url or f"{request.scheme}://{request.host}"
         doc = metadata_document(meta, base.rstrip("/") + request.path[len(WELL_KNOWN) :])
-        return web.json_response(doc, headers={"Cache-Control": "max-age=300"})
+        answer = _json_response(doc)
+        answer.headers["Cache-Control"] = "max-age=300"
+        return answer
 
-    def _metadata_url(self, request: web.Request, meta: ResourceMetadata | None) -> str | None:
+    async def _send(self, request: _Flight, answer: Answer) -> None:
+        """Write a whole answer: one write, head and body together."""
+        out = request.response
+        if answer.close:
+            out.close = True
+        headers = answer.headers
+        status = answer.status
+        if (
+            status >= 200
+            and status not in (204, 304)
+            and (request.method != "HEAD" or hdrs.CONTENT_LENGTH not in headers)
+        ):
+            headers[hdrs.CONTENT_LENGTH] = str(len(answer.body))
+        if hdrs.DATE not in headers:
+            headers[hdrs.DATE] = _http_date()
+        if hdrs.SERVER not in headers:
+            headers[hdrs.SERVER] = BANNER
+        out.start(status, answer.reason or _reason(status), headers.items())
+        await out.write_eof(answer.body)
+
+    def _aip193(self, err: WardenError) -> Answer:
+        style = self._errors()
+        answer = _to_response(render_aip193(err, domain=style.domain, a2a_spec=style.a2a_spec))
+        answer.force_close()
+        return answer
+
+    def _metadata_url(self, request: _Flight, meta: ResourceMetadata | None) -> str | None:
         """Where the challenge points clients: the metadata of the resource they asked for."""
         if meta is None:
             return None
@@ -351,7 +529,7 @@ class Forwarder:
         resource_path = URL(meta.resource).path.rstrip("/") if meta.resource else ""
         return base + WELL_KNOWN + resource_path
 
-    def _take_slot(self, request: web.Request, agent: str) -> _Slot | None:
+    def _take_slot(self, request: _Flight, agent: str) -> _Slot | None:
         """A place among the agent's calls (or streams) in flight; None past the limit.
         The anonymous agent is many clients: counted per client address."""
         key = agent if agent != ANONYMOUS else f"{agent}@{request.remote}"
@@ -365,10 +543,10 @@ class Forwarder:
             )
             log.warning("agent over its in-flight limit", extra={"agent": agent, "stream": stream})
             return None
-        request[_SLOT] = slot
+        request.slot = slot
         return slot
 
-    def _unread(self, request: web.Request, err: WardenError) -> web.Response:
+    def _unread(self, request: _Flight, err: WardenError) -> Answer:
         """An answer given before the body is read: the envelope follows the path (no
         JSON-RPC id can be echoed), and the connection closes (the unread body must not be
         parsed as the next request)."""
@@ -385,11 +563,11 @@ class Forwarder:
         return resp
 
     async def _judge(
-        self, request: web.Request, refused: WardenError | None, body: bytes | None
-    ) -> web.StreamResponse:
+        self, request: _Flight, refused: WardenError | None, body: bytes | None
+    ) -> Answer | _Stream:
         settings = self._settings
         info = classify(request.method, request.path, request.headers, body, settings.protocol)
-        request[_INFO] = info
+        request.info = info
         trace = self._trace(request, info)
         if trace is not NOOP:
             trace.classified(*span_attributes(info, request.headers))
@@ -399,7 +577,7 @@ class Forwarder:
                 resp.set_status(400)  # contract, Identity: an identity header not believed
             return resp
         if info.invalid is not None:
-            request[_OUTCOME] = RequestOutcome.INVALID
+            request.outcome = RequestOutcome.INVALID
             if info.invalid.unsupported:  # a charset that reads the body otherwise: 415
                 if info.protocol == "a2a":
                     return self._error(info, WardenError(E.CONTENT_TYPE_NOT_SUPPORTED), trace)
@@ -410,41 +588,41 @@ class Forwarder:
             return self._error(info, WardenError(err), trace)
         if info.body is not None and len(info.body.messages) > settings.max_batch:
             # Refused whole, before any element is judged: one request, one answer.
-            request[_OUTCOME] = RequestOutcome.INVALID
+            request.outcome = RequestOutcome.INVALID
             self._metrics.limits_tripped.inc("max_batch")
             log.warning("batch over the length limit", extra={"elements": len(info.body.messages)})
             too_long = Classified(info.protocol, Binding.JSONRPC)
             return self._error(too_long, WardenError(E.INVALID_REQUEST), trace)
         if info.protocol == "mcp" and info.body is not None and _header_mismatch(request, info):
-            request[_OUTCOME] = RequestOutcome.INVALID
+            request.outcome = RequestOutcome.INVALID
             return self._error(info, WardenError(E.HEADER_MISMATCH), trace)
         if any(len(request.headers.getall(name, ())) > 1 for name in _ONCE_ONLY):
             # A session header sent twice: the upstream may read the copy the proxy did not.
-            request[_OUTCOME] = RequestOutcome.INVALID
+            request.outcome = RequestOutcome.INVALID
             resp = self._error(info, WardenError(E.INVALID_REQUEST), trace)
             resp.set_status(400)
             return resp
         legacy: _LegacyStream | None = None
         if request.method == "POST" and self._legacy_paths:
-            legacy = self._legacy.get(_target(request))
+            legacy = self._legacy.get(request.target)
             if legacy is None and any(request.path.startswith(bare) for bare in self._legacy_paths):
                 # At or under a message endpoint, but of no stream here (servers mount the
                 # endpoint as a prefix): nothing to judge it in.
-                request[_OUTCOME] = RequestOutcome.DENIED
+                request.outcome = RequestOutcome.DENIED
                 return self._error(info, WardenError(E.SESSION_NOT_FOUND), trace)
         verdict = await self._gate.admit(
             request.method,
             request.headers,
             info,
             legacy.session if legacy is not None else None,
-            request.rel_url.query if info.rest is not None else None,
-            request[_CALLER],
+            request.query if info.rest is not None else None,
+            request.caller or _NOBODY,
             self._metadata_url(request, self._gate.identity().resource_metadata),
         )
         if trace is not NOOP:
             trace.decided(decision_attributes(verdict))
         if isinstance(verdict, Refusal):
-            request[_OUTCOME] = RequestOutcome.DENIED
+            request.outcome = RequestOutcome.DENIED
             if (
                 legacy is not None
                 and verdict.admission.agent == legacy.session.agent
@@ -453,7 +631,7 @@ class Forwarder:
                 return await self._answer_on_stream(legacy, info, verdict.error)
             return self._error(info, verdict.error, trace)
         if verdict.decision != "allow":
-            request[_OUTCOME] = (
+            request.outcome = (
                 RequestOutcome.AUDIT_DENIED
                 if verdict.decision == "audit-deny"
                 else RequestOutcome.DENIED  # part of a batch refused
@@ -469,7 +647,7 @@ class Forwarder:
         if verdict.strip_session and request.method == "DELETE":
             # A session the proxy issued ends here: the stateless upstream never knew it.
             await self._gate.settle(verdict, 200, None)
-            return web.Response(status=200)
+            return Answer(status=200)
         try:
             return await self._forward(request, info, body, verdict, legacy)
         finally:
@@ -480,7 +658,7 @@ class Forwarder:
 
     async def _answer_on_stream(
         self, legacy: _LegacyStream, info: Classified, err: WardenError
-    ) -> web.StreamResponse:
+    ) -> Answer | _Stream:
         """A denial where that transport delivers answers: on the session's event stream."""
         style = self._errors()
         ids = info.request_ids
@@ -523,11 +701,11 @@ class Forwarder:
             ):
                 legacy.tools_lists[message.id] = verdict
 
-    def _legacy_endpoint(self, data: str, request: web.Request) -> tuple[str, str] | None:
+    def _legacy_endpoint(self, data: str, request: _Flight) -> tuple[str, str] | None:
         """(the endpoint as the client should see it, the proxy path?query it names)."""
         try:
             sent = URL(data.strip(), encoded=True)
-            target = URL(self._base + _target(request), encoded=True).join(sent)
+            target = URL(self._base + request.target, encoded=True).join(sent)
         except ValueError:
             return None  # not a URL: no endpoint, so no POST to it will be judged as one
         if target.origin() != URL(self._base).origin():
@@ -544,11 +722,11 @@ class Forwarder:
 
     async def _legacy_events(
         self,
-        request: web.Request,
+        request: _Flight,
         verdict: Admission,
         ready: bytes,
         state: list[_LegacyStream | None],
-        out: web.StreamResponse,
+        out: _Stream,
     ) -> bytes:
         """Events of an MCP HTTP+SSE stream: the endpoint registers the session; answers to
         a tools/list are filtered; input_required states are remembered."""
@@ -610,11 +788,11 @@ class Forwarder:
         if legacy.session.bound:
             await self._gate.end_session(legacy.session.session_id)
 
-    def _trace(self, request: web.Request, info: Classified | None = None) -> Trace:
+    def _trace(self, request: _Flight, info: Classified | None = None) -> Trace:
         """The request's trace, begun once the body is classified: MCP may carry its parent
         in ``params._meta.traceparent`` when there is no header."""
-        if _TRACE in request:
-            return request[_TRACE]
+        if request.trace is not None:
+            return request.trace
         carrier: Mapping[str, str] = request.headers
         if (
             info is not None
@@ -626,40 +804,77 @@ class Forwarder:
             parent = mcp.meta_traceparent(first.params)
             if parent is not None:
                 carrier = {"traceparent": parent}
-        trace = request[_TRACE] = self._telemetry.begin(
+        trace = request.trace = self._telemetry.begin(
             request.method, request.path, request.scheme, request.host, carrier
         )
         return trace
 
-    async def _read_request(self, request: web.Request) -> bytes:
+    async def _read_request(self, request: _Flight) -> bytes:
         limit = self._settings.max_body_size
+        inflater = self._inflater(request)
+        if inflater is None and request.content_length is not None:
+            return await request.content.read(limit)
         parts: list[bytes] = []
+        async for chunk in self._body_chunks(request, inflater, limit):
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def _inflater(self, request: _Flight) -> Inflater | None:
+        values = request.headers.getall(hdrs.CONTENT_ENCODING, ())
+        if not values:
+            return None
+        return inflater_for(values, self._settings.max_body_size)
+
+    @staticmethod
+    async def _body_chunks(
+        request: _Flight, inflater: Inflater | None, limit: int
+    ) -> AsyncIterator[bytes]:
+        """The body as it arrives, inflated when it is compressed; ``BodyTooLarge`` past
+        ``limit`` bytes (inflated)."""
         size = 0
         while True:
             chunk = await request.content.readany()
             if not chunk:
-                return b"".join(parts)
+                if inflater is not None:
+                    inflater.finish()
+                return
+            if inflater is not None:
+                try:
+                    chunk = inflater.feed(chunk)
+                except OverflowError:
+                    raise BodyTooLarge from None
             size += len(chunk)
             if size > limit:
                 raise BodyTooLarge
-            parts.append(chunk)
+            if chunk:
+                yield chunk
 
-    def _too_large(self, request: web.Request) -> web.Response:
+    def _undecodable(self, request: _Flight, exc: CodingError) -> Answer:
+        """A body in a coding the proxy cannot read: it cannot be judged, so it is refused
+        (415 for a coding it does not read, 400 for one that does not inflate)."""
+        log.warning("request body coding refused", extra={"problem": str(exc)[:200]})
+        request.outcome = RequestOutcome.INVALID
+        answer = self._unread(request, WardenError(E.INVALID_REQUEST))
+        answer.set_status(415 if isinstance(exc, UnsupportedCoding) else 400)
+        answer.force_close()
+        return answer
+
+    def _too_large(self, request: _Flight) -> Answer:
         self._metrics.limits_tripped.inc("max_body_size")
         resp = self._unread(request, WardenError(E.REQUEST_TOO_LARGE))
         resp.force_close()
         return resp
 
-    def _upstream_headers(self, request: web.Request) -> CIMultiDict[str]:
+    def _upstream_headers(self, request: _Flight) -> CIMultiDict[str]:
         headers = filter_headers(request.headers, _REQUEST_DROP)
         identity = self._gate.identity()
-        if _CALLER in request:
+        if request.caller is not None:
             # The verified agent, replacing whatever the client wrote there, also under a
             # spelling some servers read as the same name (X_Agent_Id for X-Agent-Id).
             folded = _fold(identity.header)
             for name in [n for n in headers if _fold(n) == folded]:
                 headers.popall(name, None)
-            headers[identity.header] = request[_CALLER].agent
+            headers[identity.header] = request.caller.agent
         if not identity.forward_credentials:
             headers.popall(hdrs.AUTHORIZATION, None)
             if identity.api_keys is not None:
@@ -678,30 +893,18 @@ class Forwarder:
             headers[hdrs.ORIGIN] = self._upstream_origin
         return headers
 
-    async def _streamed_request_body(self, request: web.Request) -> Any:
-        limit = self._settings.max_body_size
-        size = 0
-        while True:
-            chunk = await request.content.readany()
-            if not chunk:
-                return
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge
-            yield chunk
-
     async def _forward(
         self,
-        request: web.Request,
+        request: _Flight,
         info: Classified,
         body: bytes | None,
         verdict: Admission,
         legacy: _LegacyStream | None = None,
-    ) -> web.StreamResponse:
+    ) -> Answer | _Stream:
         headers = self._upstream_headers(request)
         if verdict.strip_session:
             headers.popall(SESSION_HEADER, None)
-        target = _target(request)
+        target = request.target
         url = self._base + target
         data: Any = verdict.forward_body if verdict.forward_body is not None else body
         length: int | None = None
@@ -709,7 +912,13 @@ class Forwarder:
             length = request.content_length
             if length is not None and length > self._settings.max_body_size:
                 return self._too_large(request)
-            data = self._streamed_request_body(request)
+            try:
+                inflater = self._inflater(request)
+            except CodingError as exc:
+                return self._undecodable(request, exc)
+            if inflater is not None:
+                length = None  # inflated: its length is known only at its end
+            data = self._body_chunks(request, inflater, self._settings.max_body_size)
         trace = self._trace(request)
         trace.upstream(request.method, url, headers)
         started = time.perf_counter()
@@ -728,12 +937,16 @@ class Forwarder:
             await self._gate.settle(verdict, None, None)
             trace.upstream_answered(None, "request_too_large")
             return self._too_large(request)
+        except CodingError as exc:
+            await self._gate.settle(verdict, None, None)
+            trace.upstream_answered(None, "request_undecodable")
+            return self._undecodable(request, exc)
         except UpstreamError as exc:
             await self._gate.settle(verdict, None, None)
             return self._upstream_error(request, info, exc)
         self._metrics.upstream_latency.observe(time.perf_counter() - started, info.protocol)
         if resp.status >= 500:
-            request[_OUTCOME] = RequestOutcome.UPSTREAM_ERROR
+            request.outcome = RequestOutcome.UPSTREAM_ERROR
         try:
             extra = await self._gate.settle(verdict, resp.status, resp.headers)
             if legacy is not None and 200 <= resp.status < 300:
@@ -749,12 +962,12 @@ class Forwarder:
 
     async def _respond(
         self,
-        request: web.Request,
+        request: _Flight,
         info: Classified,
         resp: UpstreamResponse,
         extra: dict[str, str],
         verdict: Admission,
-    ) -> web.StreamResponse:
+    ) -> Answer | _Stream:
         status = resp.status
         headers = filter_headers(resp.headers, _RESPONSE_DROP)
         headers.update(extra)
@@ -765,7 +978,10 @@ class Forwarder:
         if verdict.denied_errors and 200 <= status < 300:
             return await self._merge_batch(request, info, resp, headers, verdict, streaming)
         if request.method == "HEAD" or status in (204, 304) or status < 200:
-            return web.Response(status=status, reason=resp.reason, headers=headers)
+            length = resp.headers.get(hdrs.CONTENT_LENGTH)
+            if length is not None and (request.method == "HEAD" or status == 304):
+                headers[hdrs.CONTENT_LENGTH] = length  # the size a GET would have had
+            return Answer(status=status, reason=resp.reason, headers=headers)
         if status >= 400:
             return await self._error_status(request, info, resp, headers)
         if status >= 300:
@@ -785,17 +1001,17 @@ class Forwarder:
 
     async def _merge_batch(
         self,
-        request: web.Request,
+        request: _Flight,
         info: Classified,
         resp: UpstreamResponse,
         headers: CIMultiDict[str],
         verdict: Admission,
         streaming: bool,
-    ) -> web.StreamResponse:
+    ) -> Answer | _Stream:
         """A batch of which some elements were denied: their errors join the upstream's answer."""
         denied = verdict.denied_errors
         if streaming:
-            out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)
+            out = _Stream(status=resp.status, reason=resp.reason, headers=headers)
             await out.prepare(request)
             for error in denied:
                 payload = json.dumps(error, separators=(",", ":"))
@@ -803,15 +1019,15 @@ class Forwarder:
             pending = {i for i in info.request_ids if i not in {e["id"] for e in denied}}
             return await self._relay_events(request, info, resp, headers, verdict, pending, out)
         read = await self._read_json(request, info, resp)
-        if isinstance(read, web.Response):
+        if isinstance(read, Answer):
             return read
         _, doc, _ = read
         answered = doc if isinstance(doc, list) else [doc] if isinstance(doc, dict) else []
         return _json_response([*answered, *denied])
 
     async def _read_json(
-        self, request: web.Request, info: Classified, resp: UpstreamResponse
-    ) -> tuple[bytes, Any, bool] | web.Response:
+        self, request: _Flight, info: Classified, resp: UpstreamResponse
+    ) -> tuple[bytes, Any, bool] | Answer:
         """``(body, parsed JSON or None, readable)`` of a body the proxy must inspect, or the
         envelope when the upstream failed mid-body. Not readable: too large or encoded."""
         try:
@@ -840,14 +1056,14 @@ class Forwarder:
 
     async def _checked_jsonrpc(
         self,
-        request: web.Request,
+        request: _Flight,
         info: Classified,
         resp: UpstreamResponse,
         headers: CIMultiDict[str],
         verdict: Admission,
-    ) -> web.StreamResponse:
+    ) -> Answer | _Stream:
         read = await self._read_json(request, info, resp)
-        if isinstance(read, web.Response):
+        if isinstance(read, Answer):
             return read
         data, doc, readable = read
         if not readable and verdict.own_tasks_only:  # what cannot be filtered is not shown
@@ -879,27 +1095,25 @@ class Forwarder:
                 and (card := self._moved_card(doc.get("result"))) is not None
             ):
                 data = _dumps({**doc, "result": card})
-        return web.Response(body=data, status=resp.status, reason=resp.reason, headers=headers)
+        return Answer(body=data, status=resp.status, reason=resp.reason, headers=headers)
 
     async def _card(
         self,
-        request: web.Request,
+        request: _Flight,
         info: Classified,
         resp: UpstreamResponse,
         headers: CIMultiDict[str],
-    ) -> web.StreamResponse:
+    ) -> Answer | _Stream:
         """An agent card whose interface URLs point at the upstream: moved to the proxy."""
         read = await self._read_json(request, info, resp)
-        if isinstance(read, web.Response):
+        if isinstance(read, Answer):
             return read
         data, doc, _ = read
         card = self._moved_card(doc) if doc is not None else None
         if card is None:
-            return web.Response(body=data, status=resp.status, reason=resp.reason, headers=headers)
+            return Answer(body=data, status=resp.status, reason=resp.reason, headers=headers)
         headers.popall(hdrs.ETAG, None)  # the representation changed
-        return web.Response(
-            body=_dumps(card), status=resp.status, reason=resp.reason, headers=headers
-        )
+        return Answer(body=_dumps(card), status=resp.status, reason=resp.reason, headers=headers)
 
     def _moved_card(self, doc: Any) -> dict[str, object] | None:
         assert self._public_url is not None
@@ -919,15 +1133,15 @@ class Forwarder:
 
     async def _checked_rest(
         self,
-        request: web.Request,
+        request: _Flight,
         info: Classified,
         resp: UpstreamResponse,
         headers: CIMultiDict[str],
         verdict: Admission,
-    ) -> web.StreamResponse:
+    ) -> Answer | _Stream:
         """An A2A REST answer: must be JSON; what it reveals binds the session."""
         read = await self._read_json(request, info, resp)
-        if isinstance(read, web.Response):
+        if isinstance(read, Answer):
             return read
         data, doc, readable = read
         if not readable and verdict.own_tasks_only:  # what cannot be filtered is not shown
@@ -940,28 +1154,28 @@ class Forwarder:
             await self._gate.learn(verdict, [doc])
             if verdict.own_tasks_only and (mine := await self._own_tasks(verdict, doc)):
                 data = _dumps(mine)
-        return web.Response(body=data, status=resp.status, reason=resp.reason, headers=headers)
+        return Answer(body=data, status=resp.status, reason=resp.reason, headers=headers)
 
     def _invalid_response(
-        self, request: web.Request, info: Classified, resp: UpstreamResponse
-    ) -> web.Response:
+        self, request: _Flight, info: Classified, resp: UpstreamResponse
+    ) -> Answer:
         log.warning(
             "upstream answered with a body that does not fit the request's protocol",
             extra={"status": resp.status, "path": request.path, "binding": info.binding.value},
         )
-        request[_OUTCOME] = RequestOutcome.UPSTREAM_ERROR
+        request.outcome = RequestOutcome.UPSTREAM_ERROR
         err = E.INVALID_AGENT_RESPONSE if info.protocol == "a2a" else E.UPSTREAM_INVALID_RESPONSE
         return self._error(info, WardenError(err))
 
     async def _error_status(
         self,
-        request: web.Request,
+        request: _Flight,
         info: Classified,
         resp: UpstreamResponse,
         headers: CIMultiDict[str],
-    ) -> web.StreamResponse:
+    ) -> Answer | _Stream:
         read = await self._read_json(request, info, resp)
-        if isinstance(read, web.Response):
+        if isinstance(read, Answer):
             return read
         data, doc, _ = read
         status = resp.status
@@ -970,7 +1184,7 @@ class Forwarder:
             if a2a_side and (fixed := normalize_jsonrpc_error(doc)) is not None:
                 data = _dumps(fixed)
             trace_response(self._trace(request), doc)
-            return web.Response(body=data, status=status, reason=resp.reason, headers=headers)
+            return Answer(body=data, status=status, reason=resp.reason, headers=headers)
         # The A2A reason a legacy REST answer means (errors.md section 5), if any.
         reason = legacy_rest_reason(status, info.rest, request.path) if a2a_side else None
         if info.binding is not Binding.JSONRPC and is_aip193(doc):
@@ -978,7 +1192,7 @@ class Forwarder:
             fixed = complete_aip193(doc, reason or E.UPSTREAM_ERROR, domain=style.domain)
             if fixed is not None:
                 data = _dumps(fixed)
-            return web.Response(body=data, status=status, reason=resp.reason, headers=headers)
+            return Answer(body=data, status=status, reason=resp.reason, headers=headers)
         log.warning(
             "upstream error status with a non-conformant body rewritten",
             extra={"status": status, "content_type": resp.content_type},
@@ -1020,11 +1234,11 @@ class Forwarder:
 
     async def _relay(
         self,
-        request: web.Request,
+        request: _Flight,
         resp: UpstreamResponse,
         headers: CIMultiDict[str],
         prefix: bytes = b"",
-    ) -> web.StreamResponse:
+    ) -> Answer | _Stream:
         """Pass a body through unchanged, chunk by chunk as it arrives."""
         length = resp.content_length
         if not prefix and length is not None and length <= _CHUNK:
@@ -1032,8 +1246,8 @@ class Forwarder:
                 data = await resp.read()
             except UpstreamError:
                 return self._abort(request)
-            return web.Response(body=data, status=resp.status, reason=resp.reason, headers=headers)
-        out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)
+            return Answer(body=data, status=resp.status, reason=resp.reason, headers=headers)
+        out = _Stream(status=resp.status, reason=resp.reason, headers=headers)
         if length is not None:
             out.content_length = length
         await out.prepare(request)
@@ -1056,20 +1270,20 @@ class Forwarder:
 
     async def _relay_events(
         self,
-        request: web.Request,
+        request: _Flight,
         info: Classified,
         resp: UpstreamResponse,
         headers: CIMultiDict[str],
         verdict: Admission,
         pending: set[jsonrpc.JsonRpcId] | None,
-        out: web.StreamResponse | None = None,
-    ) -> web.StreamResponse:
+        out: _Stream | None = None,
+    ) -> Answer | _Stream:
         """Relay an SSE stream event by event; a stream cut before its end gets an error event."""
-        if _SLOT in request:
-            request[_SLOT].to_stream()
+        if request.slot is not None:
+            request.slot.to_stream()
         if out is None:
             headers.update(_SSE_HEADERS)
-            out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)
+            out = _Stream(status=resp.status, reason=resp.reason, headers=headers)
             await out.prepare(request)
         splitter = EventSplitter(max_event=self._settings.max_event_size)
         # An MCP 2024-11-05 stream names its message endpoint in its first event.
@@ -1183,7 +1397,7 @@ class Forwarder:
         return mine
 
     def _lists_to_filter(
-        self, request: web.Request, info: Classified, verdict: Admission
+        self, request: _Flight, info: Classified, verdict: Admission
     ) -> set[jsonrpc.JsonRpcId] | None:
         """The tools/list ids whose answers this stream may carry, when the caller's rules
         filter tools: the request's own, or (a GET resuming a session) those left owed."""
@@ -1222,21 +1436,16 @@ class Forwarder:
             )
         return render_sse_aip193(err, domain=style.domain, a2a_spec=style.a2a_spec)
 
-    def _abort(
-        self, request: web.Request, out: web.StreamResponse | None = None
-    ) -> web.StreamResponse:
-        if request.transport is not None:
-            request.transport.close()
-        return out if out is not None else web.Response(status=502)
+    def _abort(self, request: _Flight, out: _Stream | None = None) -> Answer | _Stream:
+        request.response.abort()
+        return out if out is not None else Answer(status=502)
 
     # -- errors -------------------------------------------------------------------------
 
-    def _upstream_error(
-        self, request: web.Request, info: Classified, exc: BaseException
-    ) -> web.Response:
+    def _upstream_error(self, request: _Flight, info: Classified, exc: BaseException) -> Answer:
         """No (whole) answer from the upstream: counted, traced, and answered in an envelope."""
         reason = upstream_failure(exc)
-        request[_OUTCOME] = RequestOutcome.UPSTREAM_ERROR
+        request.outcome = RequestOutcome.UPSTREAM_ERROR
         self._metrics.upstream_failures.inc(reason.name)
         trace = self._trace(request)
         trace.upstream_answered(None, reason.name)
@@ -1278,18 +1487,31 @@ class Forwarder:
         body = json.dumps(batch, separators=(",", ":")).encode()
         return Rendered(single.status, single.headers, body)
 
-    def _error(self, info: Classified, err: WardenError, trace: Trace = NOOP) -> web.Response:
+    def _error(self, info: Classified, err: WardenError, trace: Trace = NOOP) -> Answer:
         if trace is not NOOP:
             trace.rpc_error(jsonrpc_code(err))
         return _to_response(self._render(info, err))
 
 
-_OUTCOME = web.RequestKey("agent_warden.outcome", RequestOutcome)
-_TRACE = web.RequestKey("agent_warden.trace", Trace)
-_INFO = web.RequestKey("agent_warden.info", Classified)
-_SLOT = web.RequestKey("agent_warden.slot", _Slot)
-_CALLER = web.RequestKey("agent_warden.caller", Credential)
 _NOBODY = Credential(ANONYMOUS, "anonymous")
+
+
+_date: list[Any] = [0, ""]
+
+
+def _http_date() -> str:
+    """The Date header value, made once a second."""
+    now = int(time.time())
+    if _date[0] != now:
+        _date[0], _date[1] = now, formatdate(now, usegmt=True)
+    return str(_date[1])
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
 
 
 def _http_label(method: str) -> str:
@@ -1308,12 +1530,12 @@ def _method_label(info: Classified, http_method: str) -> str:
     return _http_label(http_method)
 
 
-def _accepted() -> web.Response:
+def _accepted() -> Answer:
     """What an MCP 2024-11-05 message endpoint answers a POST whose answer is on the stream."""
-    return web.Response(status=202, text="Accepted")
+    return Answer(status=202, text="Accepted")
 
 
-def _header_mismatch(request: web.Request, info: Classified) -> bool:
+def _header_mismatch(request: _Flight, info: Classified) -> bool:
     headers = request.headers
     method = headers.get(mcp.METHOD_HEADER)
     name = headers.get(mcp.NAME_HEADER)
@@ -1371,21 +1593,19 @@ def _dumps(doc: Any) -> bytes:
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _is_card_request(request: web.Request, info: Classified) -> bool:
+def _is_card_request(request: _Flight, info: Classified) -> bool:
     if request.method != "GET":
         return False
     return a2a.is_agent_card_path(request.path) or info.a2a_op is a2a.GET_EXTENDED_AGENT_CARD
 
 
-def _json_response(doc: Any) -> web.Response:
+def _json_response(doc: Any) -> Answer:
     body = json.dumps(doc, separators=(",", ":")).encode()
-    return web.Response(status=200, body=body, content_type="application/json")
+    return Answer(status=200, body=body, content_type="application/json")
 
 
-def _to_response(rendered: Rendered) -> web.Response:
-    return web.Response(
-        status=rendered.status, body=rendered.body, headers=CIMultiDict(rendered.headers)
-    )
+def _to_response(rendered: Rendered) -> Answer:
+    return Answer(status=rendered.status, body=rendered.body, headers=CIMultiDict(rendered.headers))
 
 
 def _encoded(resp: UpstreamResponse) -> bool:
@@ -1419,15 +1639,6 @@ def _task_context(task: Any) -> str | None:
     return ctx if isinstance(ctx, str) else None
 
 
-def _target(request: web.Request) -> str:
-    """Path and query as sent, from the parsed target: an absolute-form request line
-    (``GET http://host/x HTTP/1.1``) names the same resource as its origin form."""
-    raw = request.raw_path
-    if raw.startswith("/"):
-        return raw
-    return request.rel_url.raw_path_qs if request.rel_url.raw_path else "/"
-
-
 def _upstream_message(doc: Any) -> str | None:
     """The upstream's own one-line message, from the usual JSON shapes; never HTML or traces."""
     if not isinstance(doc, dict):
@@ -1442,4 +1653,4 @@ def _upstream_message(doc: Any) -> str | None:
     return None
 
 
-__all__ = ["HOP_BY_HOP", "Forwarder", "filter_headers", "upstream_failure"]
+__all__ = ["HOP_BY_HOP", "Answer", "Forwarder", "filter_headers", "upstream_failure"]

@@ -6,7 +6,7 @@ answered (at most ``PIPELINE_DEPTH`` are held; then the socket stops being read)
 request runs ``handler(request, response)`` in its own task; the client leaving cancels
 that task, so whatever it awaits (an upstream call) ends.
 
-The guards of proxy/listener.py are built in: a cap on open connections (the oldest idle
+The listener's guards are built in: a cap on open connections (the oldest idle
 connection makes room for a new one, or the newcomer is refused when all are busy), a
 deadline from a request's first byte to its complete head (``header_timeout``), an idle
 keep-alive deadline (``keepalive_timeout``), both loop timers; malformed requests, a
@@ -273,6 +273,11 @@ class ServerResponse:
     def aborted(self) -> bool:
         """The client left."""
         return self._conn.lost
+
+    def abort(self) -> None:
+        """Cut the connection: the client sees a broken response, never a complete one."""
+        self.finished = True
+        self._conn._abort()
 
     def start(self, status: int, reason: str, headers: Iterable[tuple[str, str]] = ()) -> None:
         """Serialise the head (sent with the first ``write`` or ``write_eof``). The

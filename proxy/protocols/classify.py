@@ -117,8 +117,8 @@ def _values(headers: Mapping[str, str], name: str) -> list[str]:
 
 
 def _read(headers: Mapping[str, str], body: bytes) -> jsonrpc.Json | jsonrpc.Invalid | None:
-    # The body is what goes up: aiohttp inflated any gzip/deflate/br/zstd coding and the
-    # forwarder drops Content-Encoding, so the coding is not read here.
+    # The body is what goes up: the forwarder inflated a gzip/deflate coding (and refused
+    # any other) and drops Content-Encoding, so the coding is not read here.
     return jsonrpc.read_body(body, _values(headers, "Content-Type"))
 
 

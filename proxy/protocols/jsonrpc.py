@@ -17,8 +17,9 @@ received, so it must read them exactly as the upstream will, or refuse them: fai
    ``charset`` must decode the body to the same text (a leading BOM aside); if it does
    not, or Python does not know it, the body is refused 415 (``Invalid.unsupported``):
    a server that honours the charset would read something else. (Content codings are
-   not this module's: aiohttp inflates a gzip/deflate/br/zstd body before it is read, and
-   the forwarder sends the inflated bytes up without ``Content-Encoding``.)
+   not this module's: the forwarder inflates a gzip or deflate body as it reads it,
+   refuses any other coding, and sends the inflated bytes up without
+   ``Content-Encoding``: proxy/dataplane/coding.py.)
 4. A body that does not parse passes as opaque (unjudged) only when it is clearly not
    JSON: no declared JSON Content-Type, plain ``json.loads(bytes)`` refuses it too, and
    in none of the encodings a server might pick (the detected one, UTF-8, UTF-16 LE/BE,

@@ -10,7 +10,7 @@ import pytest
 from aiohttp import ClientSession, web
 from yarl import URL
 
-from proxy.app import Runtime, build_proxy_app
+from proxy.app import ProxyListener, Runtime
 from proxy.config import Address, Settings
 from proxy.policy import DEFAULT_POLICY, PolicyFile
 
@@ -42,8 +42,8 @@ async def start_upstream() -> AsyncIterator[StartUpstream]:
 
 @pytest.fixture
 async def start_proxy() -> AsyncIterator[StartProxy]:
-    """The proxy application in this process: ``await start_proxy(upstream_url, **settings)``."""
-    runners: list[web.AppRunner] = []
+    """The proxy in this process: ``await start_proxy(upstream_url, **settings)``."""
+    listeners: list[ProxyListener] = []
 
     async def start(upstream: str, policy: PolicyFile = DEFAULT_POLICY, **overrides: Any) -> str:
         settings = replace(
@@ -52,11 +52,14 @@ async def start_proxy() -> AsyncIterator[StartProxy]:
         runtime = Runtime(settings=settings, policy=policy)
         runtime.set_policy(policy)
         runtime.ready = True
-        return await _serve(build_proxy_app(runtime), runners)
+        listener = ProxyListener(runtime)
+        port = await listener.start("127.0.0.1", 0)
+        listeners.append(listener)
+        return f"http://127.0.0.1:{port}"
 
     yield start
-    for runner in reversed(runners):
-        await runner.cleanup()
+    for listener in reversed(listeners):
+        await listener.drain(0.5)
 
 
 @pytest.fixture

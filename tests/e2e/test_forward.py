@@ -7,8 +7,10 @@ MCP messages need a session, which the session-policy tests cover.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import logging
+import zlib
 from typing import Any
 
 import pytest
@@ -79,9 +81,70 @@ async def test_every_method_and_path_and_query_reach_upstream(
 
 
 async def test_head_has_no_body(proxy: str, http: ClientSession) -> None:
+    async with http.get(f"{proxy}/echo") as got:
+        size = len(await got.read())
     async with http.head(f"{proxy}/echo") as resp:
         assert resp.status == 200
         assert await resp.read() == b""
+        # The upstream's own Content-Length (its echo says "HEAD", one letter more).
+        assert resp.headers["Content-Length"] == str(size + 1), resp.headers
+        assert size > 100
+
+
+# -- content codings ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("coding", ["gzip", "x-gzip", "deflate"])
+async def test_compressed_bodies_are_inflated_judged_and_forwarded_plain(
+    coding: str, proxy: str, http: ClientSession, broken: Broken
+) -> None:
+    sent = rpc(rid=3)
+    packed = gzip.compress(sent) if "gzip" in coding else zlib.compress(sent)
+    headers = {**JSON, "Content-Encoding": coding}
+    async with http.post(f"{proxy}/echo", data=packed, headers=headers) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["id"] == 3
+    # A streamed (non-POST) body is inflated on its way up as well.
+    async with http.put(f"{proxy}/echo", data=packed, headers=headers) as resp:
+        assert resp.status == 200
+    for seen in broken.seen:
+        assert seen["body"].encode("latin-1") == sent
+        names = {name.lower() for name, _ in seen["headers"]}
+        assert "content-encoding" not in names
+
+
+@pytest.mark.parametrize(
+    ("coding", "body", "status"),
+    [
+        pytest.param("br", b"\x0b\x02\x80{}\x03", 415, id="unsupported"),
+        pytest.param("gzip, gzip", gzip.compress(gzip.compress(b"{}")), 415, id="twice"),
+        pytest.param("gzip", b"\x1f\x8b not really gzip", 400, id="corrupt"),
+        pytest.param("gzip", gzip.compress(rpc())[:-6], 400, id="truncated"),
+    ],
+)
+async def test_bodies_the_proxy_cannot_read_are_refused(
+    coding: str, body: bytes, status: int, proxy: str, http: ClientSession, broken: Broken
+) -> None:
+    headers = {**JSON, "Content-Encoding": coding}
+    for method in ("POST", "PUT"):
+        async with http.request(method, f"{proxy}/echo", data=body, headers=headers) as resp:
+            assert resp.status == status, await resp.text()
+            doc = await resp.json()
+        assert "error" in doc, doc
+    assert broken.seen == []
+
+
+async def test_a_small_body_that_inflates_past_the_limit_is_too_large(
+    broken: Broken, start_upstream: StartUpstream, start_proxy: StartProxy, http: ClientSession
+) -> None:
+    proxy = await start_proxy(await start_upstream(broken.app()), max_body_size=64 * 1024)
+    bomb = gzip.compress(rpc(name="x", arguments={"blob": "a" * (8 * 1024 * 1024)}))
+    assert len(bomb) < 64 * 1024
+    headers = {**JSON, "Content-Encoding": "gzip"}
+    async with http.post(f"{proxy}/echo", data=bomb, headers=headers) as resp:
+        doc = await resp.json()
+    assert error_info(doc["error"]["data"])["reason"] == "REQUEST_TOO_LARGE"
+    assert broken.seen == []
 
 
 # -- SSE ----------------------------------------------------------------------------------

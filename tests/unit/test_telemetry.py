@@ -31,7 +31,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from yarl import URL
 
-from proxy.app import Runtime, build_proxy_app
+from proxy.app import ProxyListener, Runtime
 from proxy.config import Address, ConfigError, Settings
 from proxy.logs import JsonFormatter
 from proxy.metrics import Metrics
@@ -146,7 +146,7 @@ Serve = Callable[[web.Application], Awaitable[str]]
 @pytest.fixture
 async def traced() -> AsyncIterator[StartTraced]:
     """`await traced(upstream_url, policy=..., telemetry=...)`: the proxy in this process."""
-    runners: list[web.AppRunner] = []
+    listeners: list[ProxyListener] = []
 
     async def start(
         upstream: str, policy: PolicyFile = DEFAULT_POLICY, telemetry: Telemetry | None = None
@@ -160,16 +160,14 @@ async def traced() -> AsyncIterator[StartTraced]:
         runtime = Runtime(settings=settings, policy=policy, telemetry=telemetry)
         runtime.set_policy(policy)
         runtime.ready = True
-        runner = web.AppRunner(build_proxy_app(runtime), access_log=None, shutdown_timeout=0.5)
-        await runner.setup()
-        site = web.TCPSite(runner, LOOPBACK, 0)
-        await site.start()
-        runners.append(runner)
-        return Traced(f"http://{LOOPBACK}:{site.port}", site.port, exporter)
+        listener = ProxyListener(runtime)
+        port = await listener.start(LOOPBACK, 0)
+        listeners.append(listener)
+        return Traced(f"http://{LOOPBACK}:{port}", port, exporter)
 
     yield start
-    for runner in reversed(runners):
-        await runner.cleanup()
+    for listener in reversed(listeners):
+        await listener.drain(0.5)
 
 
 @pytest.fixture
