@@ -64,7 +64,7 @@ def parse_address(value: str, what: str) -> Address:
     """``HOST:PORT``, ``:PORT`` or ``[v6]:PORT``."""
     text = value.strip()
     host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit():
+    if not sep or not _digits(port_text):
         raise ConfigError(f"{what}: expected HOST:PORT, got {value!r}")
     port = int(port_text)
     if not 0 <= port <= 65535:
@@ -110,7 +110,7 @@ def parse_size(value: str, what: str) -> int:
         if text.endswith(suffix):
             text, factor = text[: -len(suffix)], mult
             break
-    if not text.isdigit() or int(text) <= 0:
+    if not _digits(text) or int(text) <= 0:
         raise ConfigError(f"{what}: expected a positive size such as 10MiB, got {value!r}")
     return int(text) * factor
 
@@ -120,6 +120,11 @@ def seconds(value: str, what: str) -> float:
         return parse_flag_duration(value)
     except ValueError as exc:
         raise ConfigError(f"{what}: {exc}") from None
+
+
+def _digits(text: str) -> bool:
+    """ASCII digits only, and few enough for ``int``: ``str.isdigit`` also takes "²"."""
+    return text.isascii() and text.isdigit() and len(text) <= 18
 
 
 def env_name(flag: str) -> str:
@@ -145,7 +150,7 @@ def from_options(options: Mapping[str, str | None]) -> Settings:
     if level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"--log-level: expected debug, info, warning or error, got {level!r}")
     max_conn = opt("max_connections")
-    if max_conn is not None and (not max_conn.isdigit() or int(max_conn) < 1):
+    if max_conn is not None and (not _digits(max_conn) or int(max_conn) < 1):
         raise ConfigError(f"--max-connections: expected a positive integer, got {max_conn!r}")
 
     def dur(name: str, default: float) -> float:
@@ -156,7 +161,7 @@ def from_options(options: Mapping[str, str | None]) -> Settings:
         value = opt(name)
         if value is None:
             return default
-        if not value.isdigit() or int(value) < 1:
+        if not _digits(value) or int(value) < 1:
             flag = "--" + name.replace("_", "-")
             raise ConfigError(f"{flag}: expected a positive integer, got {value!r}")
         return int(value)
