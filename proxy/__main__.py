@@ -20,7 +20,7 @@ from proxy.app import ProxyListener, Runtime, build_admin_app, services
 from proxy.config import ConfigError, Settings, env_name, from_options
 from proxy.inject import cli as inject_cli
 from proxy.policy import DEFAULT_POLICY, PolicyError, check_files, load_policy
-from proxy.sessions import open_store
+from proxy.sessions import SessionStore, open_store
 from proxy.telemetry import Telemetry
 
 log = logging.getLogger("agent_warden")
@@ -155,6 +155,13 @@ async def _listen(settings: Settings, runtime: Runtime) -> None:
     log.info("stopped")
 
 
+def _store(settings: Settings) -> SessionStore:
+    try:
+        return open_store(settings.store, max_sessions=settings.max_sessions)
+    except ValueError as exc:  # a store URL the client library refuses
+        raise ConfigError(f"--store: {exc}") from None
+
+
 def _run(args: argparse.Namespace) -> int:
     settings = from_options(_options(args))
     logs.setup(settings.log_level)
@@ -164,16 +171,11 @@ def _run(args: argparse.Namespace) -> int:
         lock.load()
     except TokenFileError as exc:
         raise ConfigError(f"--admin-token-file: {exc}") from None
-    runtime = Runtime(
-        settings=settings,
-        policy=policy,
-        store=open_store(settings.store, max_sessions=settings.max_sessions),
-        admin_lock=lock,
-    )
+    runtime = Runtime(settings=settings, policy=policy, store=_store(settings), admin_lock=lock)
     runtime.telemetry = Telemetry.from_env(runtime.metrics)
     runtime.set_policy(policy)
     try:
-        import uvloop  # type: ignore[import-not-found]  # optional, faster loop
+        import uvloop  # the faster loop (a dependency; asyncio's own without it)
     except ImportError:
         asyncio.run(_serve(settings, runtime))
     else:
