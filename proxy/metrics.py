@@ -416,6 +416,92 @@ def render(families: Iterable[Family]) -> bytes:
     return "\n".join(lines).encode()
 
 
+class Merge(enum.StrEnum):
+    """How one family of several processes' snapshots becomes one (``merge``)."""
+
+    SUM = "sum"  # per label set: counters, histograms, gauges of per-process quantities
+    MAX = "max"  # per label set, the largest: the same in every process (info gauges)
+    FIRST = "first"  # the first snapshot that has samples: one process's own reading
+
+
+def merge(
+    snapshots: Iterable[Iterable[Family]], rules: Mapping[str, Merge] | None = None
+) -> tuple[Family, ...]:
+    """Several registries' ``collect()`` as one snapshot, ordered by name, for ``render``.
+
+    Each family merges by ``rules[name]``, else ``Merge.SUM``. The first snapshot holding
+    a family fixes its kind, help, label names, bounds and unit; a family of that name
+    that disagrees on any of them (another build) is left out rather than mixed in.
+    Histograms always merge by ``SUM`` (bucket by bucket, and their sums).
+    """
+    rules = MERGE_RULES if rules is None else rules
+    first: dict[str, Family] = {}
+    values: dict[str, dict[LabelValues, float]] = {}
+    hists: dict[str, dict[LabelValues, list[float]]] = {}
+    for snapshot in snapshots:
+        for family in snapshot:
+            name = family.name
+            head = first.get(name)
+            if head is None:
+                head = first[name] = family
+                values[name], hists[name] = {}, {}
+            elif (head.kind, head.label_names, head.bounds) != (
+                family.kind,
+                family.label_names,
+                family.bounds,
+            ):
+                log.warning("metric left out of a merge: its shape differs", extra={"metric": name})
+                continue
+            rule = rules.get(name, Merge.SUM)
+            merged = values[name]
+            if rule is Merge.FIRST and (merged or hists[name]):
+                continue
+            for sample in family.samples:
+                had = merged.get(sample.labels)
+                if had is None:
+                    merged[sample.labels] = sample.value
+                elif rule is Merge.MAX:
+                    merged[sample.labels] = _larger(had, sample.value)
+                else:
+                    merged[sample.labels] = had + sample.value
+            width = len(head.bounds) + 1
+            for hist in family.histograms:
+                if len(hist.bucket_counts) != width:
+                    continue  # not this family's buckets: never a mixed histogram
+                state = hists[name].setdefault(hist.labels, [0] * width + [0.0])
+                for i, count in enumerate(hist.bucket_counts):
+                    state[i] += count
+                state[-1] += hist.sum
+    out: list[Family] = []
+    for name in sorted(first):
+        head = first[name]
+        out.append(
+            Family(
+                name,
+                head.kind,
+                head.help,
+                head.label_names,
+                samples=tuple(Sample(k, v) for k, v in sorted(values[name].items())),
+                histograms=tuple(
+                    HistogramSample(k, tuple(int(c) for c in state[:-1]), state[-1])
+                    for k, state in sorted(hists[name].items())
+                ),
+                bounds=head.bounds,
+                unit=head.unit,
+            )
+        )
+    return tuple(out)
+
+
+def _larger(a: float, b: float) -> float:
+    """``max`` that ignores a NaN (an unknown reading) beside a number."""
+    if math.isnan(a):
+        return b
+    if math.isnan(b):
+        return a
+    return max(a, b)
+
+
 def _escape_help(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n")
 
@@ -465,6 +551,22 @@ class CloseCause(enum.StrEnum):
 class ReloadResult(enum.StrEnum):
     SUCCESS = "success"
     FAILURE = "failure"
+
+
+# How the supervisor of ``--workers N`` merges its own snapshot (first) with the workers'
+# (proxy/workers.py); every family not named here is summed per label set: requests,
+# denials, sessions opened and closed, upstream failures, limits tripped, the latency
+# histogram, requests in flight.
+MERGE_RULES: Mapping[str, Merge] = {
+    # Read from the shared store by the supervisor alone (the workers serve no /metrics).
+    "agent_warden_sessions_live": Merge.FIRST,
+    # Every process watches the same file: one edit is one reload, not one per process.
+    "agent_warden_policy_reloads_total": Merge.MAX,
+    # Info gauges stay 1; a policy or build some process does not share shows as a
+    # second series.
+    "agent_warden_policy_info": Merge.MAX,
+    "agent_warden_build_info": Merge.MAX,
+}
 
 
 class Metrics:
