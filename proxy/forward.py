@@ -60,7 +60,7 @@ from proxy.identity.metadata import WELL_KNOWN
 from proxy.listener import BANNER
 from proxy.metrics import HTTP_METHODS, OTHER, Metrics, RequestOutcome
 from proxy.policy.decide import ANONYMOUS
-from proxy.policy.model import ErrorsConfig, ResourceMetadata
+from proxy.policy.model import ErrorsConfig, Identity, ResourceMetadata
 from proxy.protocols import a2a, jsonrpc, mcp
 from proxy.protocols.card import advertise_security, card_is_signed, rewrite_card
 from proxy.protocols.classify import Binding, Classified, classify, reads_body
@@ -148,13 +148,9 @@ def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
 def filter_headers(headers: CIMultiDictProxy[str], drop: frozenset[str]) -> CIMultiDict[str]:
     """A copy without hop-by-hop headers, including those named in ``Connection``."""
     named = _connection_tokens(headers)
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers.items():
-        low = name.lower()
-        if low in drop or low in named:
-            continue
-        out.add(name, value)
-    return out
+    if named:
+        drop = drop | named
+    return CIMultiDict([(k, v) for k, v in headers.items() if k.lower() not in drop])
 
 
 def upstream_failure(exc: BaseException) -> E:
@@ -383,6 +379,7 @@ class Forwarder:
         self._body_bytes = 0  # request bodies being buffered, all requests together
         self._calls: dict[str, int] = {}  # in-flight request/response calls by agent
         self._streams: dict[str, int] = {}  # open event streams by agent
+        self._drop_cache: tuple[Identity, frozenset[str], frozenset[str]] | None = None
         # MCP 2025 resumption: tools/list ids a closed stream still owes, by session.
         self._owed_lists: OrderedDict[str, set[jsonrpc.JsonRpcId]] = OrderedDict()
 
@@ -596,7 +593,7 @@ class Forwarder:
         if info.protocol == "mcp" and info.body is not None and _header_mismatch(request, info):
             request.outcome = RequestOutcome.INVALID
             return self._error(info, WardenError(E.HEADER_MISMATCH), trace)
-        if any(len(request.headers.getall(name, ())) > 1 for name in _ONCE_ONLY):
+        if _repeated(request.headers, _ONCE_ONLY):
             # A session header sent twice: the upstream may read the copy the proxy did not.
             request.outcome = RequestOutcome.INVALID
             resp = self._error(info, WardenError(E.INVALID_REQUEST), trace)
@@ -865,33 +862,55 @@ class Forwarder:
         resp.force_close()
         return resp
 
-    def _upstream_headers(self, request: _Flight) -> CIMultiDict[str]:
-        headers = filter_headers(request.headers, _REQUEST_DROP)
+    def _dropped(self, identity: Identity, strip_session: bool) -> frozenset[str]:
+        """The client headers that never go up, for this identity setting (kept until it
+        changes)."""
+        cached = self._drop_cache
+        if cached is None or cached[0] is not identity:
+            drop = set(_REQUEST_DROP)
+            if not identity.forward_credentials:
+                drop.add("authorization")
+                if identity.api_keys is not None:
+                    drop.add(identity.api_keys.header.lower())
+            plain = frozenset(drop)
+            cached = self._drop_cache = (identity, plain, plain | {SESSION_HEADER.lower()})
+        return cached[2] if strip_session else cached[1]
+
+    def _upstream_headers(self, request: _Flight, strip_session: bool) -> list[tuple[str, str]]:
+        """What goes up, in one pass: the client's headers less the hop-by-hop ones, those
+        the proxy owns, and (per the identity settings) credentials; then the proxy's own."""
         identity = self._gate.identity()
+        drop = self._dropped(identity, strip_session)
+        named = _connection_tokens(request.headers)
+        if named:
+            drop = drop | named
+        # The verified agent replaces whatever the client wrote there, also under a
+        # spelling some servers read as the same name (X_Agent_Id for X-Agent-Id).
+        folded = _fold(identity.header) if request.caller is not None else None
+        out: list[tuple[str, str]] = []
+        origin: str | None = None
+        for name, value in request.headers.items():
+            low = name.lower()
+            if low in drop or (folded is not None and low.replace("_", "-") == folded):
+                continue
+            if low == "origin" and origin is None:
+                origin = value
+            out.append((name, value))
         if request.caller is not None:
-            # The verified agent, replacing whatever the client wrote there, also under a
-            # spelling some servers read as the same name (X_Agent_Id for X-Agent-Id).
-            folded = _fold(identity.header)
-            for name in [n for n in headers if _fold(n) == folded]:
-                headers.popall(name, None)
-            headers[identity.header] = request.caller.agent
-        if not identity.forward_credentials:
-            headers.popall(hdrs.AUTHORIZATION, None)
-            if identity.api_keys is not None:
-                headers.popall(identity.api_keys.header, None)
-        headers["X-Forwarded-For"] = request.remote or ""
-        headers["X-Forwarded-Proto"] = request.scheme
+            out.append((identity.header, request.caller.agent))
+        out.append(("X-Forwarded-For", request.remote or ""))
+        out.append(("X-Forwarded-Proto", request.scheme))
         if request.host:
-            headers["X-Forwarded-Host"] = request.host
+            out.append(("X-Forwarded-Host", request.host))
         # The proxy reads upstream bodies to validate and rewrite them: ask for them plain.
-        headers[hdrs.ACCEPT_ENCODING] = "identity"
-        origin = headers.get(hdrs.ORIGIN)
+        out.append(("Accept-Encoding", "identity"))
         if origin is not None and self._gate.vouches_for(origin):
             # An origin the operator listed: the upstream's own DNS-rebinding check must see
             # one that matches the Host it receives. Any other origin goes up as it came, so
             # the upstream's check still applies (a rebinding page names its own host).
-            headers[hdrs.ORIGIN] = self._upstream_origin
-        return headers
+            out = [(n, v) for n, v in out if n.lower() != "origin"]
+            out.append(("Origin", self._upstream_origin))
+        return out
 
     async def _forward(
         self,
@@ -901,11 +920,8 @@ class Forwarder:
         verdict: Admission,
         legacy: _LegacyStream | None = None,
     ) -> Answer | _Stream:
-        headers = self._upstream_headers(request)
-        if verdict.strip_session:
-            headers.popall(SESSION_HEADER, None)
+        headers = self._upstream_headers(request, verdict.strip_session)
         target = request.target
-        url = self._base + target
         data: Any = verdict.forward_body if verdict.forward_body is not None else body
         length: int | None = None
         if body is None and request.body_exists:
@@ -920,13 +936,16 @@ class Forwarder:
                 length = None  # inflated: its length is known only at its end
             data = self._body_chunks(request, inflater, self._settings.max_body_size)
         trace = self._trace(request)
-        trace.upstream(request.method, url, headers)
+        if trace is not NOOP:
+            carrier = CIMultiDict(headers)  # the trace context goes up with the request
+            trace.upstream(request.method, self._base + target, carrier)
+            headers = list(carrier.items())
         started = time.perf_counter()
         try:
             resp = await self._client.request(
                 request.method,
                 target,
-                headers.items(),
+                headers,
                 data,
                 head_timeout=self._settings.response_timeout,
                 # A pooled keep-alive connection closed under us: idempotent requests, once.
@@ -951,8 +970,9 @@ class Forwarder:
             extra = await self._gate.settle(verdict, resp.status, resp.headers)
             if legacy is not None and 200 <= resp.status < 300:
                 # The answer travels on the session's stream; the POST gets the transport's 202.
-                headers = filter_headers(resp.headers, _RESPONSE_DROP)
-                return await self._relay(request, resp, headers)
+                return await self._relay(
+                    request, resp, filter_headers(resp.headers, _RESPONSE_DROP)
+                )
             return await self._respond(request, info, resp, extra, verdict)
         finally:
             resp.release()
@@ -1512,6 +1532,14 @@ def _reason(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return "Unknown"
+
+
+def _repeated(headers: CIMultiDictProxy[str], names: Iterable[str]) -> bool:
+    """Whether any of ``names`` was sent more than once."""
+    for name in names:  # noqa: SIM110  (a loop: no generator per request)
+        if len(headers.getall(name, ())) > 1:
+            return True
+    return False
 
 
 def _http_label(method: str) -> str:

@@ -528,18 +528,15 @@ class _Conn(asyncio.Protocol):
         if self._no_more:
             raise _Refused("request after the last one")
         parser = self._parser
-        headers: CIMultiDict[str] = CIMultiDict()
-        lengths = 0
-        chunked = False
-        for raw_name, raw_value in self._headers:
-            name = _decode(raw_name)
-            value = _decode(raw_value)
-            headers.add(name, value)
-            lower = raw_name.lower()
-            if lower == b"content-length":
-                lengths += 1
-            elif lower == b"transfer-encoding":
-                chunked = True
+        # One C-level construction (llhttp admits only ASCII token characters in names).
+        headers: CIMultiDict[str] = CIMultiDict(
+            [
+                (n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+                for n, v in self._headers
+            ]
+        )
+        lengths = len(headers.getall(_CONTENT_LENGTH, ()))
+        chunked = _TRANSFER_ENCODING in headers
         if lengths > 1 or (lengths and chunked):
             raise _Refused("ambiguous framing")
         content_length: int | None = None
@@ -839,11 +836,20 @@ class HttpServer:
             raise RuntimeError("server not started")
         return self._loop
 
-    async def start(self, host: str, port: int, *, backlog: int = 1024) -> int:
-        """Listen on ``host:port``; returns the port (useful with port 0)."""
+    async def start(
+        self, host: str, port: int, *, backlog: int = 1024, reuse_port: bool = False
+    ) -> int:
+        """Listen on ``host:port``; returns the port (useful with port 0). ``reuse_port``
+        sets SO_REUSEPORT, so that several processes listen on the one port and the kernel
+        spreads new connections over them."""
         self._loop = asyncio.get_running_loop()
         self._server = await self._loop.create_server(
-            lambda: _Conn(self), host, port, backlog=backlog, reuse_address=True
+            lambda: _Conn(self),
+            host,
+            port,
+            backlog=backlog,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
         )
         sockets = self._server.sockets
         return int(sockets[0].getsockname()[1]) if sockets else port

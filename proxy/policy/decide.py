@@ -34,6 +34,8 @@ def identity_header_problem(
     (hop by hop), so the upstream would not see the identity the proxy judged; sent twice
     with different values, the upstream may read the other one (contract, Identity).
     """
+    if not connection and len(values) < 2:
+        return None  # the common case, decided without a string operation
     name = identity.header.lower()
     for value in connection:
         if any(token.strip().lower() == name for token in value.split(",")):
