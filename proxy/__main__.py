@@ -14,7 +14,7 @@ from typing import NoReturn
 
 from aiohttp import web
 
-from proxy import __version__, logs
+from proxy import __version__, logs, workers
 from proxy.admin_token import AdminLock, TokenFileError
 from proxy.app import ProxyListener, Runtime, build_admin_app, services
 from proxy.config import ConfigError, Settings, env_name, from_options
@@ -64,6 +64,11 @@ _RUN_FLAGS: tuple[tuple[str, str], ...] = (
     (
         "--admin-token-file",
         "file holding the admin API's bearer token; without it /sessions answers loopback only",
+    ),
+    (
+        "--workers",
+        "data-plane processes sharing the --listen port (SO_REUSEPORT), 1 to 64; more than "
+        "1 needs --store redis://... (default 1)",
     ),
 )
 
@@ -163,7 +168,8 @@ def _store(settings: Settings) -> SessionStore:
 
 
 def _run(args: argparse.Namespace) -> int:
-    settings = from_options(_options(args))
+    options = _options(args)
+    settings = from_options(options)
     logs.setup(settings.log_level)
     policy = load_policy(settings.policy) if settings.policy else DEFAULT_POLICY
     lock = AdminLock(settings.admin_token_file)
@@ -171,6 +177,9 @@ def _run(args: argparse.Namespace) -> int:
         lock.load()
     except TokenFileError as exc:
         raise ConfigError(f"--admin-token-file: {exc}") from None
+    if settings.workers > 1:
+        # A supervisor: the admin listener here, the data plane in N worker processes.
+        return workers.supervise(settings, options, policy, lock)
     runtime = Runtime(settings=settings, policy=policy, store=_store(settings), admin_lock=lock)
     runtime.telemetry = Telemetry.from_env(runtime.metrics)
     runtime.set_policy(policy)
@@ -184,6 +193,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [workers.WORKER_COMMAND]:
+        return workers.worker_main(argv[1:])  # one of `run --workers N`'s processes
     args = _parser().parse_args(argv)
     try:
         if args.command == "check":

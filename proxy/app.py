@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 
 from aiohttp import ClientSession, ClientTimeout, DummyCookieJar, web
 
@@ -169,11 +170,12 @@ class ProxyListener:
         code = status if spec is E.INVALID_REQUEST else rendered.status
         return code, [*rendered.headers, ("Server", BANNER)], rendered.body
 
-    async def start(self, host: str, port: int) -> int:
-        """Open the identity service, then listen; returns the port."""
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
+        """Open the identity service, then listen; returns the port. ``reuse_port``: the
+        port is shared with the other workers (SO_REUSEPORT)."""
         await self._runtime.identity.open(self._runtime.policy.identity)
         try:
-            self.port = await self._server.start(host, port, backlog=1024)
+            self.port = await self._server.start(host, port, backlog=1024, reuse_port=reuse_port)
         except BaseException:
             await self._runtime.identity.close()
             await self._pool.close()
@@ -198,7 +200,22 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def build_admin_app(runtime: Runtime) -> web.Application:
+class Workers(Protocol):
+    """The data-plane processes a supervisor runs (``--workers N``, proxy/workers.py), as
+    its admin listener sees them."""
+
+    def unready(self) -> str | None:
+        """Why not every worker serves now ("worker 1 restarting"), or None."""
+        ...
+
+    async def exposition(self) -> bytes:
+        """The Prometheus text of this process and every worker, merged."""
+        ...
+
+
+def build_admin_app(runtime: Runtime, *, workers: Workers | None = None) -> web.Application:
+    """The admin listener. With ``workers`` (a supervisor), ``/readyz`` also waits for
+    every worker and ``/metrics`` reports them all, merged."""
     app = web.Application()
     app[RUNTIME] = runtime
     live = [0.0]
@@ -212,6 +229,8 @@ def build_admin_app(runtime: Runtime) -> web.Application:
             return web.json_response({"status": "draining"}, status=503)
         if not runtime.ready:
             return web.json_response({"status": "starting"}, status=503)
+        if workers is not None and (problem := workers.unready()) is not None:
+            return web.json_response({"status": problem}, status=503)
         # Failing open, a pod without its store still serves: it stays in the Service.
         if runtime.policy.store_failure == "closed" and not await _healthy(runtime.store):
             return web.json_response({"status": "store unavailable"}, status=503)
@@ -222,10 +241,8 @@ def build_admin_app(runtime: Runtime) -> web.Application:
             live[0] = float(await runtime.store.live_count(time.time()))
         except StoreUnavailable:
             live[0] = float("nan")  # unknown while the store is away; the scrape still works
-        return web.Response(
-            body=runtime.metrics.render(),
-            headers={"Content-Type": METRICS_CONTENT_TYPE},
-        )
+        body = runtime.metrics.render() if workers is None else await workers.exposition()
+        return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     async def sessions(_: web.Request) -> web.Response:
         found = await runtime.store.sessions(time.time())
@@ -379,4 +396,4 @@ async def services(runtime: Runtime) -> AsyncIterator[None]:
         await asyncio.to_thread(runtime.telemetry.shutdown)
 
 
-__all__ = ["RUNTIME", "ProxyListener", "Runtime", "build_admin_app", "services"]
+__all__ = ["RUNTIME", "ProxyListener", "Runtime", "Workers", "build_admin_app", "services"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -15,6 +16,7 @@ Protocol = Literal["auto", "mcp", "a2a"]
 PROTOCOLS: tuple[Protocol, ...] = ("auto", "mcp", "a2a")
 
 ENV_PREFIX = "AGENT_WARDEN_"
+MAX_WORKERS = 64  # data-plane processes; past a few per core they only add contention
 
 
 class ConfigError(ValueError):
@@ -58,6 +60,7 @@ class Settings:
     max_sessions: int = 100_000  # live sessions in the store, all agents together
     max_event_size: int = 8 * 1024 * 1024  # one upstream SSE event
     admin_token_file: str | None = None  # /sessions needs its token; else loopback only
+    workers: int = 1  # data-plane processes on one --listen port (SO_REUSEPORT); >1 needs Redis
 
 
 def parse_address(value: str, what: str) -> Address:
@@ -179,9 +182,11 @@ def from_options(options: Mapping[str, str | None]) -> Settings:
     public = opt("public_url")
     if public is not None:
         public = str(parse_upstream(public, "--public-url")).rstrip("/")
+    listen_at = parse_address(listen, "--listen") if listen else defaults.listen
+    workers = _workers(opt("workers"), store, listen_at)
     return Settings(
         upstream=parse_upstream(upstream),
-        listen=parse_address(listen, "--listen") if listen else defaults.listen,
+        listen=listen_at,
         admin=parse_address(admin, "--admin") if admin else defaults.admin,
         policy=opt("policy"),
         protocol=protocol,
@@ -207,4 +212,28 @@ def from_options(options: Mapping[str, str | None]) -> Settings:
         max_sessions=count("max_sessions", defaults.max_sessions),
         max_event_size=size("max_event_size", defaults.max_event_size),
         admin_token_file=opt("admin_token_file"),
+        workers=workers,
     )
+
+
+def _workers(value: str | None, store: str, listen: Address) -> int:
+    """``--workers``: 1 to MAX_WORKERS; more than one only on a shared store and a fixed
+    port, where the kernel can spread connections (SO_REUSEPORT)."""
+    if value is None:
+        return 1
+    text = value.strip()
+    if not _digits(text) or not 1 <= int(text) <= MAX_WORKERS:
+        raise ConfigError(f"--workers: expected an integer from 1 to {MAX_WORKERS}, got {value!r}")
+    workers = int(text)
+    if workers == 1:
+        return 1
+    if store == "memory":
+        raise ConfigError(
+            f"--workers {workers} needs a shared session store (--store redis://...): "
+            "with the memory store each worker would keep its own sessions and counts"
+        )
+    if listen.port == 0:
+        raise ConfigError(f"--workers {workers} needs a fixed --listen port, not port 0")
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise ConfigError(f"--workers {workers} needs SO_REUSEPORT, which this system lacks")
+    return workers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import tracemalloc
@@ -13,19 +14,25 @@ from proxy import __version__
 from proxy.metrics import (
     CONTENT_TYPE,
     DEFAULT_BUCKETS,
+    MERGE_RULES,
     CloseCause,
     Counter,
+    Family,
     Gauge,
     GaugeFunc,
     Histogram,
     HistogramSample,
     Kind,
+    Merge,
     Metrics,
     Registry,
     ReloadResult,
     RequestOutcome,
     Sample,
+    merge,
+    render,
 )
+from proxy.workers import families_from_wire, families_to_wire
 
 try:  # a second, independent reader when it happens to be installed; never a dependency
     from prometheus_client.parser import (  # type: ignore[import-not-found, unused-ignore]
@@ -707,3 +714,175 @@ def test_outcome_and_cause_values_are_the_documented_ones() -> None:
     ]
     assert [c.value for c in CloseCause] == ["delete", "admin", "expired", "stream_end"]
     assert [r.value for r in ReloadResult] == ["success", "failure"]
+
+
+# --- merging processes' snapshots (run --workers N) ------------------------------------------
+
+
+def _worker(requests: int, latencies: tuple[float, ...], in_flight: int) -> Metrics:
+    metrics = Metrics()
+    for _ in range(requests):
+        metrics.requests.inc("mcp", "tools/call", RequestOutcome.ALLOWED)
+    metrics.requests.inc("a2a", "SendMessage", RequestOutcome.DENIED)
+    for value in latencies:
+        metrics.upstream_latency.observe(value, "mcp")
+    metrics.in_flight.inc(amount=in_flight)
+    metrics.set_policy("/etc/policy.yaml", "ab12")
+    metrics.policy_reloads.inc(ReloadResult.SUCCESS)
+    return metrics
+
+
+def _by_name(families: tuple[Family, ...]) -> dict[str, Family]:
+    names = [f.name for f in families]
+    assert names == sorted(names)
+    assert len(set(names)) == len(names)
+    return {f.name: f for f in families}
+
+
+def test_merge_sums_counters_histograms_and_per_process_gauges_per_label_set() -> None:
+    a, b = _worker(3, (0.002, 0.2), 1), _worker(4, (0.2, 100.0), 2)
+    b.denials.inc("SESSION_BUDGET_EXCEEDED", "enforce")  # a series only one process has
+    merged = _by_name(merge([a.registry.collect(), b.registry.collect()]))
+
+    requests = merged["agent_warden_requests_total"]
+    assert requests.samples == (
+        Sample(("a2a", "SendMessage", "denied"), 2),
+        Sample(("mcp", "tools/call", "allowed"), 7),
+    )
+    assert merged["agent_warden_denials_total"].samples == (
+        Sample(("SESSION_BUDGET_EXCEEDED", "enforce"), 1),
+    )
+    assert merged["agent_warden_requests_in_flight"].samples == (Sample((), 3),)
+    (latency,) = merged["agent_warden_upstream_latency_seconds"].histograms
+    assert latency.labels == ("mcp",)
+    assert latency.count == 4
+    assert latency.sum == pytest.approx(100.402)
+    assert latency.bucket_counts[DEFAULT_BUCKETS.index(0.25)] == 2
+    assert latency.bucket_counts[-1] == 1  # 100 s: the +Inf bucket
+    assert merged["agent_warden_upstream_latency_seconds"].bounds == DEFAULT_BUCKETS
+    # Kind, help, label names and unit come through; the result renders strictly.
+    assert merged["agent_warden_upstream_latency_seconds"].unit == "s"
+    parsed = parse_exposition(render(merged.values()))
+    assert (
+        parsed["agent_warden_requests_total"].value(
+            "agent_warden_requests_total", protocol="mcp", method="tools/call", outcome="allowed"
+        )
+        == 7
+    )
+    assert parsed["agent_warden_upstream_latency_seconds"].type == "histogram"
+
+
+def test_merge_takes_same_everywhere_families_once() -> None:
+    supervisor, a, b = Metrics(), _worker(1, (), 0), _worker(1, (), 0)
+    supervisor.set_live_sessions(lambda: 5)  # read from the shared store, by one process
+    supervisor.set_policy("/etc/policy.yaml", "ab12")
+    supervisor.policy_reloads.inc(ReloadResult.SUCCESS)
+    merged = _by_name(merge([s.registry.collect() for s in (supervisor, a, b)], MERGE_RULES))
+    assert merged["agent_warden_sessions_live"].samples == (Sample((), 5),)
+    assert merged["agent_warden_build_info"].samples == (Sample((__version__,), 1),)
+    assert merged["agent_warden_policy_info"].samples == (Sample(("/etc/policy.yaml", "ab12"), 1),)
+    # One edit of the file is one reload, not one per process.
+    reloads = dict((s.labels, s.value) for s in merged["agent_warden_policy_reloads_total"].samples)
+    assert reloads == {("failure",): 0, ("success",): 1}
+    # A process still on another policy shows as a second series, not as a 2.
+    b.set_policy("/etc/policy.yaml", "cd34")
+    merged = _by_name(merge([s.registry.collect() for s in (supervisor, a, b)]))
+    assert [s.value for s in merged["agent_warden_policy_info"].samples] == [1, 1]
+
+
+def test_merge_rules_first_max_and_sum() -> None:
+    def gauge(name: str, *values: float) -> list[Family]:
+        return [Family(name, Kind.GAUGE, "g", (), samples=(Sample((), v),)) for v in values]
+
+    snapshots = [
+        [*gauge("first", 1), *gauge("max", 1), *gauge("sum", 1)],
+        [Family("first", Kind.GAUGE, "g", ()), *gauge("max", 7), *gauge("sum", 2)],
+        [*gauge("first", 9), *gauge("max", float("nan")), *gauge("sum", 3)],
+    ]
+    rules = {"first": Merge.FIRST, "max": Merge.MAX}
+    merged = _by_name(merge(snapshots, rules))
+    assert merged["first"].samples == (Sample((), 1),)
+    assert merged["max"].samples == (Sample((), 7),)  # an unknown (NaN) reading is not a max
+    assert merged["sum"].samples == (Sample((), 6),)
+    # FIRST is the first snapshot that has samples at all.
+    merged = _by_name(merge([[Family("first", Kind.GAUGE, "g", ())], gauge("first", 4)], rules))
+    assert merged["first"].samples == (Sample((), 4),)
+    # A NaN reading taken once stays NaN: unknown is not zero.
+    merged = _by_name(merge([gauge("first", float("nan")), gauge("first", 4)], rules))
+    assert math.isnan(merged["first"].samples[0].value)
+
+
+def test_merge_leaves_out_a_family_whose_shape_differs(caplog: pytest.LogCaptureFixture) -> None:
+    counter = Family("x_total", Kind.COUNTER, "x", ("a",), samples=(Sample(("1",), 1),))
+    relabelled = Family("x_total", Kind.COUNTER, "x", ("b",), samples=(Sample(("1",), 5),))
+    as_gauge = Family("x_total", Kind.GAUGE, "x", ("a",), samples=(Sample(("1",), 5),))
+    hist = Family(
+        "h", Kind.HISTOGRAM, "h", (), histograms=(HistogramSample((), (1, 0), 1.0),), bounds=(1.0,)
+    )
+    rebucketed = Family(
+        "h",
+        Kind.HISTOGRAM,
+        "h",
+        (),
+        histograms=(HistogramSample((), (0, 0, 3), 9.0),),
+        bounds=(1.0, 2.0),
+    )
+    merged = _by_name(merge([[counter, hist], [relabelled, rebucketed], [as_gauge]]))
+    assert merged["x_total"].samples == (Sample(("1",), 1),)
+    assert merged["h"].histograms == (HistogramSample((), (1, 0), 1.0),)
+    assert "metric left out of a merge" in caplog.text
+
+
+def test_merge_of_nothing_and_of_one_snapshot() -> None:
+    assert merge([]) == ()
+    metrics = _worker(2, (0.01,), 1)
+    assert merge([metrics.registry.collect()]) == metrics.registry.collect()
+    assert render(merge([metrics.registry.collect()])) == metrics.render()
+
+
+def test_families_cross_the_control_channel_unchanged() -> None:
+    metrics = _worker(3, (0.002, 0.2, 1e9), 2)
+    metrics.set_live_sessions(lambda: float("nan"))
+    families = metrics.registry.collect()
+    wire = json.loads(json.dumps(families_to_wire(families)))
+    back = families_from_wire(wire)
+    assert [f.name for f in back] == [f.name for f in families]
+    for got, want in zip(back, families, strict=True):
+        if got.name == "agent_warden_sessions_live":
+            assert math.isnan(got.samples[0].value)
+            continue
+        assert got == want
+
+
+def _wire(**changes: object) -> list[dict[str, object]]:
+    family: dict[str, object] = {
+        "name": "x",
+        "kind": "gauge",
+        "help": "",
+        "labels": [],
+        "samples": [],
+        "histograms": [],
+        "bounds": [],
+        "unit": "",
+    }
+    return [{**family, **changes}]
+
+
+@pytest.mark.parametrize(
+    ("wire", "needle"),
+    [
+        ({}, "expected a list"),
+        ([1], "expected an object"),
+        (_wire(kind="summary"), "not a valid Kind"),
+        (_wire(name=7), "must be strings"),
+        (_wire(labels=["a"], samples=[[[], 1]]), "do not match the label names"),
+        (_wire(samples=[[[], "1"]]), "expected a number"),
+        (_wire(samples=[[[], True]]), "expected a number"),
+        (_wire(samples=[[[]]]), "expected lists of 2"),
+        (_wire(kind="histogram", bounds=[1.0], histograms=[[[], [1], 1.0]]), "bounds"),
+        (_wire(kind="histogram", bounds=[1.0], histograms=[[[], [1, -1], 1.0]]), "non-negative"),
+    ],
+)
+def test_families_from_the_wire_refuse_anything_else(wire: object, needle: str) -> None:
+    with pytest.raises(ValueError, match=needle):
+        families_from_wire(wire)
