@@ -811,7 +811,7 @@ def _open_store(settings: Settings) -> SessionStore:
 
 def _loop_run(main: Any) -> int:
     try:
-        import uvloop  # type: ignore[import-not-found, unused-ignore]  # optional
+        import uvloop  # the faster loop (a dependency; asyncio's own without it)
     except ImportError:
         return int(asyncio.run(main))
     return int(uvloop.run(main))
