@@ -117,6 +117,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "policy": {"namespaces": ["agents"]},
     },
     "redis-store-existing-secret": {"store": {"existingSecret": "team-redis", "secretKey": "u"}},
+    "workers": {"injector": {"workers": 4}, "store": {"url": "redis://redis.agents:6379/0"}},
     "admin-token-existing": {"admin": {"tokenSecret": {"existing": "team-admin", "key": "bearer"}}},
     "admin-token-disabled": {"admin": {"token": {"enabled": False}}},
     "admin-token-renamed": {
@@ -325,6 +326,9 @@ BAD_VALUES = [
     ({"injector": {"resources": {"limits": {"memory": "lots"}}}}, "/injector/resources"),
     ({"injector": {"resources": {"claims": []}}}, "claims"),
     ({"injector": {"drainSeconds": 0}}, "/injector/drainSeconds"),
+    ({"injector": {"workers": 0}}, "/injector/workers"),
+    ({"injector": {"workers": 65}}, "/injector/workers"),
+    ({"injector": {"workers": "2"}}, "/injector/workers"),
     ({"injector": {"image": {"pullPolicy": "Sometimes"}}}, "/injector/image/pullPolicy"),
     ({"policy": {"inline": ""}}, "/policy/inline"),
     ({"policy": {"namespaces": ["agents", "agents"]}}, "/policy/namespaces"),
@@ -363,6 +367,11 @@ def test_values_schema_rejects_bad_values(chart: Any, values: dict[str, Any], wh
         (
             {"injector": {"env": [{"name": "AGENT_WARDEN_ADMIN_TOKEN_FILE", "value": "/t"}]}},
             "AGENT_WARDEN_ADMIN_TOKEN_FILE is set by the injector",
+        ),
+        ({"injector": {"workers": 2}}, "injector.workers > 1 needs the shared store"),
+        (
+            {"injector": {"env": [{"name": "AGENT_WARDEN_WORKERS", "value": "2"}]}},
+            "AGENT_WARDEN_WORKERS comes from injector.workers",
         ),
     ],
 )
@@ -861,6 +870,21 @@ def test_an_existing_store_secret_is_referenced_not_created(chart: Any) -> None:
 def test_without_a_store_the_sidecars_keep_sessions_in_memory(chart: Any) -> None:
     rendered = render(chart)
     assert not [e for e in _sidecar_env(rendered) if e["name"] == "AGENT_WARDEN_STORE"]
+
+
+def test_workers_reach_the_sidecars_with_the_store(chart: Any) -> None:
+    [workers] = [
+        e for e in _sidecar_env(render(chart, SCENARIOS["workers"])) if "WORKERS" in e["name"]
+    ]
+    assert workers == {"name": "AGENT_WARDEN_WORKERS", "value": "4"}  # as run --workers reads it
+    # One worker is the sidecar's own default: nothing to say.
+    assert not [e for e in _sidecar_env(render(chart)) if "WORKERS" in e["name"]]
+    # A store named in injector.env (no chart Secret) is a store too.
+    env = [{"name": "AGENT_WARDEN_STORE", "value": "redis://redis.agents:6379/0"}]
+    names = [
+        e["name"] for e in _sidecar_env(render(chart, {"injector": {"workers": 2, "env": env}}))
+    ]
+    assert names == ["AGENT_WARDEN_STORE", "AGENT_WARDEN_WORKERS"]
 
 
 # --- the sidecars' admin token ---------------------------------------------------------
