@@ -344,8 +344,8 @@ async def test_sigterm_drains_every_worker_then_exits_zero(
 
         async def refused() -> bool:  # every worker closed its listener
             async with fresh_connections() as fresh_client:
-                try:
-                    await fresh_client.post(f"{proxy.url}/mcp", json=body)
+                try:  # a GET: the upstream answers it at once (405) while one still listens
+                    await fresh_client.get(f"{proxy.url}/mcp")
                 except httpx.ConnectError:
                     return True
                 return False
