@@ -19,9 +19,9 @@ from proxy.config import Settings
 from proxy.dataplane import UpstreamPool
 from proxy.dataplane.server import HttpServer
 from proxy.errors import E, WardenError, render_aip193
-from proxy.forward import Forwarder
 from proxy.gate import Gate
 from proxy.identity import Verifier, build_verifier
+from proxy.line import RequestLine
 from proxy.listener import BANNER, connection_cap, no_banner
 from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.metrics import CloseCause, Metrics, ReloadResult
@@ -140,7 +140,7 @@ class ProxyListener:
             keepalive=settings.upstream_keepalive,
             read_timeout=settings.stream_idle_timeout,
         )
-        self.forwarder = Forwarder(
+        self.forwarder = RequestLine(
             settings,
             self._pool,
             lambda: runtime.policy.errors,

@@ -1,4 +1,18 @@
-"""Streaming pass-through to the upstream: bodies, SSE, headers; upstream failures as envelopes."""
+"""The request line: every request through the proxy, in the order it meets the steps.
+
+    listen    proxy/dataplane/server.py     llhttp on asyncio.Protocol: heads, bodies, guards
+    identify  proxy/gate.py  Gate.caller    the verified caller, before any body is read
+    classify  proxy/protocols/classify.py   MCP or A2A, JSON-RPC or REST, what it asks
+    decide    proxy/gate.py  Gate.admit     the session policy: allow, deny, or trim a batch
+    forward   proxy/dataplane/upstream.py   the pooled keep-alive upstream client
+    rewrite   proxy/line/rewrite.py         upstream failures and what callers may not see
+    record    proxy/line/record.py          labels; metrics, logs and spans at the end
+
+``RequestLine.handle`` runs them in that order for one request; this module holds only
+the sequencing and the I/O between the steps (reading bodies, relaying streams). The
+HTTP values it passes along are in proxy/line/http.py, each agent's in-flight places in
+proxy/line/inflight.py, the MCP 2024-11-05 endpoint registry in proxy/line/legacy.py.
+"""
 
 from __future__ import annotations
 
@@ -8,57 +22,60 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass
-from email.utils import formatdate
-from http import HTTPStatus
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from aiohttp import hdrs
-from multidict import CIMultiDict, CIMultiDictProxy, MultiDictProxy
+from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.config import Settings
-from proxy.dataplane import (
-    UpstreamConnectTimeout,
-    UpstreamError,
-    UpstreamPool,
-    UpstreamResponse,
-    UpstreamTimeout,
-)
+from proxy.dataplane import UpstreamError, UpstreamPool, UpstreamResponse
 from proxy.dataplane.coding import CodingError, Inflater, UnsupportedCoding, inflater_for
 from proxy.dataplane.server import BodyTooLarge, ServerRequest, ServerResponse
-from proxy.errors import (
-    E,
-    Rendered,
-    WardenError,
-    code_for_upstream_status,
-    jsonrpc_error_object,
-    render_aip193,
-    render_jsonrpc,
-    render_sse_aip193,
-    render_sse_jsonrpc,
-)
-from proxy.errors.normalize import (
-    complete_aip193,
-    is_aip193,
-    legacy_rest_reason,
-    normalize_jsonrpc_error,
-    rest_reason_for_jsonrpc_code,
-)
+from proxy.errors import E, WardenError, render_aip193, render_sse_jsonrpc
+from proxy.errors.normalize import normalize_jsonrpc_error
 from proxy.errors.render import jsonrpc_code
-from proxy.gate import (
-    LEGACY_SESSION_PREFIX,
-    MINTED_HEADER,
-    Admission,
-    Gate,
-    LegacySession,
-    Refusal,
-)
+from proxy.gate import LEGACY_SESSION_PREFIX, MINTED_HEADER, Admission, Gate, LegacySession, Refusal
 from proxy.identity import Credential, metadata_document
 from proxy.identity.metadata import WELL_KNOWN
+from proxy.line.http import (
+    REQUEST_DROP,
+    RESPONSE_DROP,
+    Answer,
+    Flight,
+    Stream,
+    accepted,
+    connection_tokens,
+    filter_headers,
+    http_date,
+    json_answer,
+    reason_phrase,
+    repeated,
+    to_answer,
+)
+from proxy.line.inflight import InFlight, Slot
+from proxy.line.legacy import LegacyEndpoints, LegacyStream
+from proxy.line.record import http_label, method_label
+from proxy.line.rewrite import (
+    dumps,
+    encoded,
+    error_status,
+    filter_tools_doc,
+    filter_tools_events,
+    header_mismatch,
+    interrupted_events,
+    is_card_request,
+    json_or_none,
+    listing_contexts,
+    merged_batch,
+    own_listing,
+    render,
+    tools_list_ids,
+    upstream_failure,
+)
 from proxy.listener import BANNER
-from proxy.metrics import HTTP_METHODS, OTHER, Metrics, RequestOutcome
+from proxy.metrics import Metrics, RequestOutcome
 from proxy.policy.decide import ANONYMOUS
 from proxy.policy.model import ErrorsConfig, Identity, ResourceMetadata
 from proxy.protocols import a2a, jsonrpc, mcp
@@ -84,42 +101,8 @@ from proxy.telemetry import (
 
 log = logging.getLogger("agent_warden.forward")
 
-# RFC 9110 section 7.6.1, plus the legacy Proxy-Connection and Keep-Alive.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-# Set by the proxy itself on the way up.
-# Warden-Session names a minted session: the proxy's business, never the upstream's.
-_REQUEST_DROP = HOP_BY_HOP | {
-    "host",
-    "content-length",
-    "expect",
-    "accept-encoding",
-    # Request bodies are inflated: what goes up is the inflated bytes the proxy judged.
-    "content-encoding",
-    MINTED_HEADER.lower(),
-    # The proxy says who the client is; a client's own claims are not passed on.
-    "forwarded",
-    "x-real-ip",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-forwarded-prefix",
-}
-_RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
-# Kept when an upstream error body is rewritten: they still mean something to the client.
-_KEPT_ON_REWRITE = ("Retry-After", "WWW-Authenticate", "Allow", SESSION_HEADER)
+__all__ = ["RequestLine"]
+
 _OWED_LISTS_PER_SESSION = 64
 _OWED_LISTS_SESSIONS = 4096
 _ACAO = hdrs.ACCESS_CONTROL_ALLOW_ORIGIN
@@ -134,225 +117,13 @@ _SMALL_BODY = 64 * 1024  # read before refusing an unidentified caller, to echo 
 _ONCE_ONLY = (SESSION_HEADER, mcp.PROTOCOL_VERSION_HEADER, MINTED_HEADER)
 _SSE_HEADERS = {"X-Accel-Buffering": "no"}  # nginx and kin in front must not buffer events
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "PUT"})
-_UPSTREAM_MESSAGE_MAX = 200
 _CHUNK = 64 * 1024
+_NOBODY = Credential(ANONYMOUS, "anonymous")
 
 
-def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
-    values = headers.getall(hdrs.CONNECTION, ())
-    if not values:
-        return frozenset()
-    return frozenset(t.strip().lower() for v in values for t in v.split(",") if t.strip())
-
-
-def filter_headers(headers: CIMultiDictProxy[str], drop: frozenset[str]) -> CIMultiDict[str]:
-    """A copy without hop-by-hop headers, including those named in ``Connection``."""
-    named = _connection_tokens(headers)
-    if named:
-        drop = drop | named
-    return CIMultiDict([(k, v) for k, v in headers.items() if k.lower() not in drop])
-
-
-def upstream_failure(exc: BaseException) -> E:
-    """The upstream pool's failures as the errors.md section 3 rows, most specific first."""
-    if isinstance(exc, UpstreamConnectTimeout):
-        return E.UPSTREAM_UNAVAILABLE  # nothing answered at all
-    if isinstance(exc, UpstreamTimeout | TimeoutError):  # no response head in time
-        return E.UPSTREAM_TIMEOUT
-    return E.UPSTREAM_UNAVAILABLE
-
-
-class Answer:
-    """A whole response the proxy gives, its body known: an envelope, a rewritten body, or a
-    small upstream body read at once."""
-
-    __slots__ = ("body", "close", "headers", "reason", "status")
-
-    def __init__(
-        self,
-        *,
-        status: int = 200,
-        body: bytes = b"",
-        reason: str = "",
-        headers: CIMultiDict[str] | Iterable[tuple[str, str]] | None = None,
-        text: str | None = None,
-        content_type: str | None = None,
-    ) -> None:
-        self.status = status
-        self.reason = reason
-        if isinstance(headers, CIMultiDict):
-            self.headers = headers
-        else:
-            self.headers = CIMultiDict(headers or ())
-        if text is not None:
-            body = text.encode()
-            self.headers[hdrs.CONTENT_TYPE] = f"{content_type or 'text/plain'}; charset=utf-8"
-        elif content_type is not None:
-            self.headers[hdrs.CONTENT_TYPE] = content_type
-        self.body = body
-        self.close = False
-
-    def set_status(self, status: int) -> None:
-        self.status = status
-
-    def force_close(self) -> None:
-        """The connection closes after this answer."""
-        self.close = True
-
-
-class _Stream:
-    """A response whose body is relayed as it arrives (the head goes out at once)."""
-
-    __slots__ = ("_out", "content_length", "headers", "reason", "status")
-
-    def __init__(self, *, status: int, reason: str, headers: CIMultiDict[str]) -> None:
-        self.status = status
-        self.reason = reason
-        self.headers = headers
-        self.content_length: int | None = None
-        self._out: ServerResponse | None = None
-
-    async def prepare(self, request: _Flight) -> None:
-        out = self._out = request.response
-        headers = self.headers
-        if self.content_length is not None:
-            headers[hdrs.CONTENT_LENGTH] = str(self.content_length)
-        if hdrs.DATE not in headers:
-            headers[hdrs.DATE] = _http_date()
-        out.start(self.status, self.reason or _reason(self.status), headers.items())
-        await out.write(b"")  # the head, now: a stream's first event may be far off
-
-    async def write(self, data: bytes) -> None:
-        assert self._out is not None
-        await self._out.write(data)
-
-    async def write_eof(self) -> None:
-        assert self._out is not None
-        await self._out.write_eof()
-
-
-class _Flight:
-    """One request on its way through the proxy: what arrived, and what was learnt of it."""
-
-    __slots__ = (
-        "_query",
-        "body_exists",
-        "caller",
-        "content",
-        "content_length",
-        "headers",
-        "host",
-        "info",
-        "method",
-        "outcome",
-        "path",
-        "query_string",
-        "remote",
-        "response",
-        "slot",
-        "target",
-        "trace",
-    )
-
-    scheme = "http"
-
-    def __init__(self, request: ServerRequest, response: ServerResponse) -> None:
-        self.content = request
-        self.response = response
-        self.method = request.method
-        self.target = target = request.target  # path?query as sent
-        self.headers = request.headers
-        self.body_exists = request.body_exists
-        self.content_length = request.content_length
-        self.remote = request.peer[0] if request.peer is not None else None
-        self.host = request.headers.get(hdrs.HOST, "")
-        raw, _, query = target.partition("#")[0].partition("?")
-        # The path as the upstream's router reads it: percent-decoded (an encoded slash
-        # stays encoded), exactly as aiohttp's parser decodes it.
-        self.path = URL.build(path=raw, encoded=True).path if "%" in raw else raw
-        self.query_string = query
-        self._query: MultiDictProxy[str] | None = None
-        self.outcome = RequestOutcome.ALLOWED
-        self.trace: Trace | None = None
-        self.info: Classified | None = None
-        self.slot: _Slot | None = None
-        self.caller: Credential | None = None
-
-    @property
-    def query(self) -> MultiDictProxy[str]:
-        if self._query is None:
-            self._query = URL.build(query_string=self.query_string, encoded=True).query
-        return self._query
-
-    @property
-    def content_type(self) -> str:
-        raw = self.headers.get(hdrs.CONTENT_TYPE)
-        if raw is None:
-            return "application/octet-stream"
-        return raw.partition(";")[0].strip().lower()
-
-
-class _Slot:
-    """One request's place among its agent's calls or streams in flight."""
-
-    __slots__ = ("_forwarder", "_held", "key", "stream")
-
-    def __init__(self, forwarder: Forwarder, key: str, stream: bool) -> None:
-        self._forwarder = forwarder
-        self.key = key
-        self.stream = stream
-        self._held = False
-
-    def _table(self) -> tuple[dict[str, int], int]:
-        f = self._forwarder
-        if self.stream:
-            return f._streams, f._settings.max_streams_per_agent
-        return f._calls, f._settings.max_inflight_per_agent
-
-    def take(self) -> bool:
-        table, limit = self._table()
-        used = table.get(self.key, 0)
-        if used >= limit:
-            return False
-        table[self.key] = used + 1
-        self._held = True
-        return True
-
-    def release(self) -> None:
-        if not self._held:
-            return
-        self._held = False
-        table, _ = self._table()
-        left = table[self.key] - 1
-        if left:
-            table[self.key] = left
-        else:
-            del table[self.key]
-
-    def to_stream(self) -> None:
-        """A call whose answer turned out to be an event stream: it holds a stream's place
-        from now on (uncapped: it is already flowing), so it no longer blocks calls."""
-        if self.stream or not self._held:
-            return
-        self.release()
-        self.stream = True
-        table, _ = self._table()
-        table[self.key] = table.get(self.key, 0) + 1
-        self._held = True
-
-
-@dataclass(slots=True)
-class _LegacyStream:
-    """An MCP 2024-11-05 event stream this process relays: where its POSTs' answers go."""
-
-    session: LegacySession
-    out: _Stream
-    tools_lists: dict[jsonrpc.JsonRpcId, Admission]  # pending tools/list ids -> their caller
-    remembers: Admission | None = None  # who asked last: input_required states bind to it
-
-
-class Forwarder:
-    """One handler for every method and path; holds the pooled upstream client."""
+class RequestLine:
+    """Every request, whatever its method and path, in the order of the line: identify,
+    classify, decide, forward, rewrite, record. Holds the upstream pool."""
 
     def __init__(
         self,
@@ -370,15 +141,11 @@ class Forwarder:
         self._errors = errors
         self._gate = gate
         self._base = str(settings.upstream).rstrip("/")
-        self._base_path = URL(self._base).raw_path.rstrip("/")
         self._upstream_origin = str(URL(self._base).origin())
         self._public_url = settings.public_url
-        # MCP 2024-11-05: message endpoint (path?query) -> its stream; and the bare paths.
-        self._legacy: dict[str, _LegacyStream] = {}
-        self._legacy_paths: dict[str, int] = {}
+        self._legacy = LegacyEndpoints(self._base, settings.public_url)
         self._body_bytes = 0  # request bodies being buffered, all requests together
-        self._calls: dict[str, int] = {}  # in-flight request/response calls by agent
-        self._streams: dict[str, int] = {}  # open event streams by agent
+        self._in_flight = InFlight(settings.max_inflight_per_agent, settings.max_streams_per_agent)
         self._drop_cache: tuple[Identity, frozenset[str], frozenset[str]] | None = None
         # MCP 2025 resumption: tools/list ids a closed stream still owes, by session.
         self._owed_lists: OrderedDict[str, set[jsonrpc.JsonRpcId]] = OrderedDict()
@@ -389,14 +156,14 @@ class Forwarder:
         """Answer one request; counts it by protocol, method and outcome."""
         metrics = self._metrics
         metrics.in_flight.inc()
-        request = _Flight(incoming, response)
+        request = Flight(incoming, response)
         status = 500
         try:
             if not request.target.startswith("/"):
                 # Targets no resource has (``CONNECT host:443``, ``OPTIONS *``): refused.
                 log.info("request target refused", extra={"method": request.method})
                 request.outcome = RequestOutcome.INVALID
-                answer: Answer | _Stream = self._aip193(WardenError(E.INVALID_REQUEST))
+                answer: Answer | Stream = self._aip193(WardenError(E.INVALID_REQUEST))
             else:
                 answer = await self._handle(request)
             status = answer.status
@@ -420,13 +187,13 @@ class Forwarder:
             metrics.in_flight.dec()
             info = request.info
             if info is None:
-                metrics.requests.inc("unknown", _http_label(request.method), request.outcome)
+                metrics.requests.inc("unknown", http_label(request.method), request.outcome)
             else:
                 metrics.requests.inc(
-                    info.protocol, _method_label(info, request.method), request.outcome
+                    info.protocol, method_label(info, request.method), request.outcome
                 )
 
-    async def _handle(self, request: _Flight) -> Answer | _Stream:
+    async def _handle(self, request: Flight) -> Answer | Stream:
         # Who is calling comes first: nothing of a body is read for a caller refused anyway.
         identity = self._gate.identity()
         meta = identity.resource_metadata
@@ -484,7 +251,7 @@ class Forwarder:
         finally:
             slot.release()
 
-    def _metadata(self, request: _Flight, meta: ResourceMetadata) -> Answer:
+    def _metadata(self, request: Flight, meta: ResourceMetadata) -> Answer:
         """RFC 9728 Protected Resource Metadata, served without credentials."""
         base = self._public_url or f"{request.scheme}://{request.host}"
         doc = metadata_document(meta, base.rstrip("/") + request.path[len(WELL_KNOWN) :])
@@ -492,7 +259,7 @@ class Forwarder:
         answer.headers["Cache-Control"] = "max-age=300"
         return answer
 
-    async def _send(self, request: _Flight, answer: Answer) -> None:
+    async def _send(self, request: Flight, answer: Answer) -> None:
         """Write a whole answer: one write, head and body together."""
         out = request.response
         if answer.close:
@@ -506,19 +273,19 @@ class Forwarder:
         ):
             headers[hdrs.CONTENT_LENGTH] = str(len(answer.body))
         if hdrs.DATE not in headers:
-            headers[hdrs.DATE] = _http_date()
+            headers[hdrs.DATE] = http_date()
         if hdrs.SERVER not in headers:
             headers[hdrs.SERVER] = BANNER
-        out.start(status, answer.reason or _reason(status), headers.items())
+        out.start(status, answer.reason or reason_phrase(status), headers.items())
         await out.write_eof(answer.body)
 
     def _aip193(self, err: WardenError) -> Answer:
         style = self._errors()
-        answer = _to_response(render_aip193(err, domain=style.domain, a2a_spec=style.a2a_spec))
+        answer = to_answer(render_aip193(err, domain=style.domain, a2a_spec=style.a2a_spec))
         answer.force_close()
         return answer
 
-    def _metadata_url(self, request: _Flight, meta: ResourceMetadata | None) -> str | None:
+    def _metadata_url(self, request: Flight, meta: ResourceMetadata | None) -> str | None:
         """Where the challenge points clients: the metadata of the resource they asked for."""
         if meta is None:
             return None
@@ -526,15 +293,15 @@ class Forwarder:
         resource_path = URL(meta.resource).path.rstrip("/") if meta.resource else ""
         return base + WELL_KNOWN + resource_path
 
-    def _take_slot(self, request: _Flight, agent: str) -> _Slot | None:
+    def _take_slot(self, request: Flight, agent: str) -> Slot | None:
         """A place among the agent's calls (or streams) in flight; None past the limit.
         The anonymous agent is many clients: counted per client address."""
         key = agent if agent != ANONYMOUS else f"{agent}@{request.remote}"
         stream = request.method == "GET" and "text/event-stream" in request.headers.get(
             hdrs.ACCEPT, ""
         )
-        slot = _Slot(self, key, stream)
-        if not slot.take():
+        slot = self._in_flight.slot(key, stream)
+        if slot is None:
             self._metrics.limits_tripped.inc(
                 "max_streams_per_agent" if stream else "max_inflight_per_agent"
             )
@@ -543,7 +310,7 @@ class Forwarder:
         request.slot = slot
         return slot
 
-    def _unread(self, request: _Flight, err: WardenError) -> Answer:
+    def _unread(self, request: Flight, err: WardenError) -> Answer:
         """An answer given before the body is read: the envelope follows the path (no
         JSON-RPC id can be echoed), and the connection closes (the unread body must not be
         parsed as the next request)."""
@@ -560,8 +327,8 @@ class Forwarder:
         return resp
 
     async def _judge(
-        self, request: _Flight, refused: WardenError | None, body: bytes | None
-    ) -> Answer | _Stream:
+        self, request: Flight, refused: WardenError | None, body: bytes | None
+    ) -> Answer | Stream:
         settings = self._settings
         info = classify(request.method, request.path, request.headers, body, settings.protocol)
         request.info = info
@@ -590,19 +357,23 @@ class Forwarder:
             log.warning("batch over the length limit", extra={"elements": len(info.body.messages)})
             too_long = Classified(info.protocol, Binding.JSONRPC)
             return self._error(too_long, WardenError(E.INVALID_REQUEST), trace)
-        if info.protocol == "mcp" and info.body is not None and _header_mismatch(request, info):
+        if (
+            info.protocol == "mcp"
+            and info.body is not None
+            and header_mismatch(request.headers, info)
+        ):
             request.outcome = RequestOutcome.INVALID
             return self._error(info, WardenError(E.HEADER_MISMATCH), trace)
-        if _repeated(request.headers, _ONCE_ONLY):
+        if repeated(request.headers, _ONCE_ONLY):
             # A session header sent twice: the upstream may read the copy the proxy did not.
             request.outcome = RequestOutcome.INVALID
             resp = self._error(info, WardenError(E.INVALID_REQUEST), trace)
             resp.set_status(400)
             return resp
-        legacy: _LegacyStream | None = None
-        if request.method == "POST" and self._legacy_paths:
-            legacy = self._legacy.get(request.target)
-            if legacy is None and any(request.path.startswith(bare) for bare in self._legacy_paths):
+        legacy: LegacyStream | None = None
+        if request.method == "POST" and self._legacy:
+            legacy, known = self._legacy.find(request.target, request.path)
+            if legacy is None and known:
                 # At or under a message endpoint, but of no stream here (servers mount the
                 # endpoint as a prefix): nothing to judge it in.
                 request.outcome = RequestOutcome.DENIED
@@ -638,7 +409,7 @@ class Forwarder:
             if verdict.denied_errors:
                 await self._inject(legacy, verdict.denied_errors)
             if verdict.forwards_nothing:
-                return _accepted()
+                return accepted()
         elif verdict.forwards_nothing:
             return _json_response(verdict.denied_errors)
         if verdict.strip_session and request.method == "DELETE":
@@ -654,8 +425,8 @@ class Forwarder:
     # -- MCP 2024-11-05 HTTP+SSE -----------------------------------------------------------
 
     async def _answer_on_stream(
-        self, legacy: _LegacyStream, info: Classified, err: WardenError
-    ) -> Answer | _Stream:
+        self, legacy: LegacyStream, info: Classified, err: WardenError
+    ) -> Answer | Stream:
         """A denial where that transport delivers answers: on the session's event stream."""
         style = self._errors()
         ids = info.request_ids
@@ -666,22 +437,22 @@ class Forwarder:
             await self._write_event(legacy, event)
         if not ids and info.body is None:  # not even JSON-RPC: nothing to answer there
             return self._error(info, err)
-        return _accepted()
+        return accepted()
 
-    async def _inject(self, legacy: _LegacyStream, errors: list[dict[str, Any]]) -> None:
+    async def _inject(self, legacy: LegacyStream, errors: list[dict[str, Any]]) -> None:
         for error in errors:
             payload = json.dumps(error, separators=(",", ":"))
             await self._write_event(legacy, f"event: message\ndata: {payload}\n\n".encode())
 
     @staticmethod
-    async def _write_event(legacy: _LegacyStream, event: bytes) -> None:
+    async def _write_event(legacy: LegacyStream, event: bytes) -> None:
         try:
             await legacy.out.write(event)  # one write, one whole event: never interleaved
         except (ConnectionResetError, RuntimeError):
             log.info("event stream gone before a denial could be delivered")
 
     def _note_legacy_calls(
-        self, legacy: _LegacyStream, info: Classified, verdict: Admission
+        self, legacy: LegacyStream, info: Classified, verdict: Admission
     ) -> None:
         """Remember what the stream's answers must be judged by (tools/list, requestState)."""
         if info.body is None:
@@ -698,32 +469,13 @@ class Forwarder:
             ):
                 legacy.tools_lists[message.id] = verdict
 
-    def _legacy_endpoint(self, data: str, request: _Flight) -> tuple[str, str] | None:
-        """(the endpoint as the client should see it, the proxy path?query it names)."""
-        try:
-            sent = URL(data.strip(), encoded=True)
-            target = URL(self._base + request.target, encoded=True).join(sent)
-        except ValueError:
-            return None  # not a URL: no endpoint, so no POST to it will be judged as one
-        if target.origin() != URL(self._base).origin():
-            return None  # another server's endpoint: not ours to judge
-        path = target.raw_path
-        if self._base_path and path.startswith(self._base_path + "/"):
-            path = path[len(self._base_path) :]
-        key = path + (f"?{target.raw_query_string}" if target.raw_query_string else "")
-        if not sent.is_absolute():
-            return data.strip(), key
-        if self._public_url is not None:
-            return str(self._public_url).rstrip("/") + key, key
-        return key, key
-
     async def _legacy_events(
         self,
-        request: _Flight,
+        request: Flight,
         verdict: Admission,
         ready: bytes,
-        state: list[_LegacyStream | None],
-        out: _Stream,
+        state: list[LegacyStream | None],
+        out: Stream,
     ) -> bytes:
         """Events of an MCP HTTP+SSE stream: the endpoint registers the session; answers to
         a tools/list are filtered; input_required states are remembered."""
@@ -735,17 +487,15 @@ class Forwarder:
         for block in split_events(ready):
             kind, data, event_id = event_fields(block)
             if kind == "endpoint" and data is not None and legacy is None:
-                found = self._legacy_endpoint(data, request)
+                found = self._legacy.endpoint(data, request.target)
                 if found is not None:
                     shown, key = found
                     session = LegacySession(
                         LEGACY_SESSION_PREFIX + secrets.token_urlsafe(24), verdict.agent
                     )
-                    legacy = _LegacyStream(session, out, {})
+                    legacy = LegacyStream(session, out, {})
                     state[0] = legacy
-                    self._legacy[key] = legacy
-                    bare = key.partition("?")[0]
-                    self._legacy_paths[bare] = self._legacy_paths.get(bare, 0) + 1
+                    self._legacy.register(key, legacy)
                     if shown != data.strip():
                         block, changed = build_event(kind, shown, event_id), True
             elif legacy is not None and kind == "message" and data is not None:
@@ -755,7 +505,7 @@ class Forwarder:
             parts.append(block)
         return b"".join(parts) if changed else ready
 
-    async def _legacy_message(self, legacy: _LegacyStream, data: str) -> str | None:
+    async def _legacy_message(self, legacy: LegacyStream, data: str) -> str | None:
         try:
             doc = json.loads(data)
         except (ValueError, RecursionError):
@@ -769,23 +519,15 @@ class Forwarder:
         if caller is None:
             return None
         filtered = mcp.filter_tools(result, caller.allows_tool)
-        return None if filtered is None else _dumps({**doc, "result": filtered}).decode()
+        return None if filtered is None else dumps({**doc, "result": filtered}).decode()
 
-    async def _end_legacy(self, legacy: _LegacyStream) -> None:
+    async def _end_legacy(self, legacy: LegacyStream) -> None:
         """The stream ended: so did its session."""
-        for key, known in list(self._legacy.items()):
-            if known is legacy:
-                del self._legacy[key]
-                bare = key.partition("?")[0]
-                left = self._legacy_paths.get(bare, 1) - 1
-                if left > 0:
-                    self._legacy_paths[bare] = left
-                else:
-                    self._legacy_paths.pop(bare, None)
+        self._legacy.forget(legacy)
         if legacy.session.bound:
             await self._gate.end_session(legacy.session.session_id)
 
-    def _trace(self, request: _Flight, info: Classified | None = None) -> Trace:
+    def _trace(self, request: Flight, info: Classified | None = None) -> Trace:
         """The request's trace, begun once the body is classified: MCP may carry its parent
         in ``params._meta.traceparent`` when there is no header."""
         if request.trace is not None:
@@ -806,7 +548,7 @@ class Forwarder:
         )
         return trace
 
-    async def _read_request(self, request: _Flight) -> bytes:
+    async def _read_request(self, request: Flight) -> bytes:
         limit = self._settings.max_body_size
         inflater = self._inflater(request)
         if inflater is None and request.content_length is not None:
@@ -816,7 +558,7 @@ class Forwarder:
             parts.append(chunk)
         return b"".join(parts)
 
-    def _inflater(self, request: _Flight) -> Inflater | None:
+    def _inflater(self, request: Flight) -> Inflater | None:
         values = request.headers.getall(hdrs.CONTENT_ENCODING, ())
         if not values:
             return None
@@ -824,7 +566,7 @@ class Forwarder:
 
     @staticmethod
     async def _body_chunks(
-        request: _Flight, inflater: Inflater | None, limit: int
+        request: Flight, inflater: Inflater | None, limit: int
     ) -> AsyncIterator[bytes]:
         """The body as it arrives, inflated when it is compressed; ``BodyTooLarge`` past
         ``limit`` bytes (inflated)."""
@@ -846,7 +588,7 @@ class Forwarder:
             if chunk:
                 yield chunk
 
-    def _undecodable(self, request: _Flight, exc: CodingError) -> Answer:
+    def _undecodable(self, request: Flight, exc: CodingError) -> Answer:
         """A body in a coding the proxy cannot read: it cannot be judged, so it is refused
         (415 for a coding it does not read, 400 for one that does not inflate)."""
         log.warning("request body coding refused", extra={"problem": str(exc)[:200]})
@@ -856,7 +598,7 @@ class Forwarder:
         answer.force_close()
         return answer
 
-    def _too_large(self, request: _Flight) -> Answer:
+    def _too_large(self, request: Flight) -> Answer:
         self._metrics.limits_tripped.inc("max_body_size")
         resp = self._unread(request, WardenError(E.REQUEST_TOO_LARGE))
         resp.force_close()
@@ -867,7 +609,7 @@ class Forwarder:
         changes)."""
         cached = self._drop_cache
         if cached is None or cached[0] is not identity:
-            drop = set(_REQUEST_DROP)
+            drop = set(REQUEST_DROP)
             if not identity.forward_credentials:
                 drop.add("authorization")
                 if identity.api_keys is not None:
@@ -876,12 +618,12 @@ class Forwarder:
             cached = self._drop_cache = (identity, plain, plain | {SESSION_HEADER.lower()})
         return cached[2] if strip_session else cached[1]
 
-    def _upstream_headers(self, request: _Flight, strip_session: bool) -> list[tuple[str, str]]:
+    def _upstream_headers(self, request: Flight, strip_session: bool) -> list[tuple[str, str]]:
         """What goes up, in one pass: the client's headers less the hop-by-hop ones, those
         the proxy owns, and (per the identity settings) credentials; then the proxy's own."""
         identity = self._gate.identity()
         drop = self._dropped(identity, strip_session)
-        named = _connection_tokens(request.headers)
+        named = connection_tokens(request.headers)
         if named:
             drop = drop | named
         # The verified agent replaces whatever the client wrote there, also under a
@@ -914,12 +656,12 @@ class Forwarder:
 
     async def _forward(
         self,
-        request: _Flight,
+        request: Flight,
         info: Classified,
         body: bytes | None,
         verdict: Admission,
-        legacy: _LegacyStream | None = None,
-    ) -> Answer | _Stream:
+        legacy: LegacyStream | None = None,
+    ) -> Answer | Stream:
         headers = self._upstream_headers(request, verdict.strip_session)
         target = request.target
         data: Any = verdict.forward_body if verdict.forward_body is not None else body
@@ -970,9 +712,7 @@ class Forwarder:
             extra = await self._gate.settle(verdict, resp.status, resp.headers)
             if legacy is not None and 200 <= resp.status < 300:
                 # The answer travels on the session's stream; the POST gets the transport's 202.
-                return await self._relay(
-                    request, resp, filter_headers(resp.headers, _RESPONSE_DROP)
-                )
+                return await self._relay(request, resp, filter_headers(resp.headers, RESPONSE_DROP))
             return await self._respond(request, info, resp, extra, verdict)
         finally:
             resp.release()
@@ -982,14 +722,14 @@ class Forwarder:
 
     async def _respond(
         self,
-        request: _Flight,
+        request: Flight,
         info: Classified,
         resp: UpstreamResponse,
         extra: dict[str, str],
         verdict: Admission,
-    ) -> Answer | _Stream:
+    ) -> Answer | Stream:
         status = resp.status
-        headers = filter_headers(resp.headers, _RESPONSE_DROP)
+        headers = filter_headers(resp.headers, RESPONSE_DROP)
         headers.update(extra)
         origin = request.headers.get(hdrs.ORIGIN)
         if origin is not None and headers.get(_ACAO) == self._upstream_origin:
@@ -1013,7 +753,7 @@ class Forwarder:
             return await self._checked_jsonrpc(request, info, resp, headers, verdict)
         if streaming:
             return await self._relay_events(request, info, resp, headers, verdict, None)
-        if self._public_url is not None and _is_card_request(request, info):
+        if self._public_url is not None and is_card_request(request.method, request.path, info):
             return await self._card(request, info, resp, headers)
         if info.binding is Binding.REST and verdict.learns:
             return await self._checked_rest(request, info, resp, headers, verdict)
@@ -1021,17 +761,17 @@ class Forwarder:
 
     async def _merge_batch(
         self,
-        request: _Flight,
+        request: Flight,
         info: Classified,
         resp: UpstreamResponse,
         headers: CIMultiDict[str],
         verdict: Admission,
         streaming: bool,
-    ) -> Answer | _Stream:
+    ) -> Answer | Stream:
         """A batch of which some elements were denied: their errors join the upstream's answer."""
         denied = verdict.denied_errors
         if streaming:
-            out = _Stream(status=resp.status, reason=resp.reason, headers=headers)
+            out = Stream(status=resp.status, reason=resp.reason, headers=headers)
             await out.prepare(request)
             for error in denied:
                 payload = json.dumps(error, separators=(",", ":"))
@@ -1042,11 +782,10 @@ class Forwarder:
         if isinstance(read, Answer):
             return read
         _, doc, _ = read
-        answered = doc if isinstance(doc, list) else [doc] if isinstance(doc, dict) else []
-        return _json_response([*answered, *denied])
+        return json_answer(merged_batch(doc, denied))
 
     async def _read_json(
-        self, request: _Flight, info: Classified, resp: UpstreamResponse
+        self, request: Flight, info: Classified, resp: UpstreamResponse
     ) -> tuple[bytes, Any, bool] | Answer:
         """``(body, parsed JSON or None, readable)`` of a body the proxy must inspect, or the
         envelope when the upstream failed mid-body. Not readable: too large or encoded."""
@@ -1054,8 +793,8 @@ class Forwarder:
             data, whole = await self._read_bounded(resp)
         except UpstreamError as exc:
             return self._upstream_error(request, info, exc)
-        readable = whole and not _encoded(resp)
-        return data, _json_or_none(data) if readable else None, readable
+        readable = whole and not encoded(resp.headers)
+        return data, json_or_none(data) if readable else None, readable
 
     async def _read_bounded(self, resp: UpstreamResponse) -> tuple[bytes, bool]:
         """The body if it fits the inspection limit; ``(prefix, False)`` when it does not."""
@@ -1076,12 +815,12 @@ class Forwarder:
 
     async def _checked_jsonrpc(
         self,
-        request: _Flight,
+        request: Flight,
         info: Classified,
         resp: UpstreamResponse,
         headers: CIMultiDict[str],
         verdict: Admission,
-    ) -> Answer | _Stream:
+    ) -> Answer | Stream:
         read = await self._read_json(request, info, resp)
         if isinstance(read, Answer):
             return read
@@ -1093,7 +832,7 @@ class Forwarder:
         if doc is None or not jsonrpc.is_response(doc):
             return self._invalid_response(request, info, resp)
         if info.protocol == "a2a" and (fixed := normalize_jsonrpc_error(doc)) is not None:
-            data = _dumps(fixed)
+            data = dumps(fixed)
         trace = self._trace(request)
         if trace is not NOOP:
             trace_response(trace, doc)
@@ -1103,27 +842,27 @@ class Forwarder:
         if verdict.own_tasks_only and isinstance(doc, dict) and "result" in doc:
             mine = await self._own_tasks(verdict, doc["result"])
             if mine is not None:
-                data = _dumps({**doc, "result": mine})
-        if verdict.filters_tools and (lists := _tools_list_ids(info)):
-            filtered = _filter_tools_doc(doc, lists, verdict)
+                data = dumps({**doc, "result": mine})
+        if verdict.filters_tools and (lists := tools_list_ids(info)):
+            filtered = filter_tools_doc(doc, lists, verdict.allows_tool)
             if filtered is not None:
-                data = _dumps(filtered)
+                data = dumps(filtered)
             if (
                 self._public_url is not None
                 and info.a2a_op is a2a.GET_EXTENDED_AGENT_CARD
                 and isinstance(doc, dict)
                 and (card := self._moved_card(doc.get("result"))) is not None
             ):
-                data = _dumps({**doc, "result": card})
+                data = dumps({**doc, "result": card})
         return Answer(body=data, status=resp.status, reason=resp.reason, headers=headers)
 
     async def _card(
         self,
-        request: _Flight,
+        request: Flight,
         info: Classified,
         resp: UpstreamResponse,
         headers: CIMultiDict[str],
-    ) -> Answer | _Stream:
+    ) -> Answer | Stream:
         """An agent card whose interface URLs point at the upstream: moved to the proxy."""
         read = await self._read_json(request, info, resp)
         if isinstance(read, Answer):
@@ -1133,7 +872,7 @@ class Forwarder:
         if card is None:
             return Answer(body=data, status=resp.status, reason=resp.reason, headers=headers)
         headers.popall(hdrs.ETAG, None)  # the representation changed
-        return Answer(body=_dumps(card), status=resp.status, reason=resp.reason, headers=headers)
+        return Answer(body=dumps(card), status=resp.status, reason=resp.reason, headers=headers)
 
     def _moved_card(self, doc: Any) -> dict[str, object] | None:
         assert self._public_url is not None
@@ -1153,12 +892,12 @@ class Forwarder:
 
     async def _checked_rest(
         self,
-        request: _Flight,
+        request: Flight,
         info: Classified,
         resp: UpstreamResponse,
         headers: CIMultiDict[str],
         verdict: Admission,
-    ) -> Answer | _Stream:
+    ) -> Answer | Stream:
         """An A2A REST answer: must be JSON; what it reveals binds the session."""
         read = await self._read_json(request, info, resp)
         if isinstance(read, Answer):
@@ -1173,11 +912,11 @@ class Forwarder:
         if doc is not None:
             await self._gate.learn(verdict, [doc])
             if verdict.own_tasks_only and (mine := await self._own_tasks(verdict, doc)):
-                data = _dumps(mine)
+                data = dumps(mine)
         return Answer(body=data, status=resp.status, reason=resp.reason, headers=headers)
 
     def _invalid_response(
-        self, request: _Flight, info: Classified, resp: UpstreamResponse
+        self, request: Flight, info: Classified, resp: UpstreamResponse
     ) -> Answer:
         log.warning(
             "upstream answered with a body that does not fit the request's protocol",
@@ -1189,76 +928,37 @@ class Forwarder:
 
     async def _error_status(
         self,
-        request: _Flight,
+        request: Flight,
         info: Classified,
         resp: UpstreamResponse,
         headers: CIMultiDict[str],
-    ) -> Answer | _Stream:
+    ) -> Answer | Stream:
         read = await self._read_json(request, info, resp)
         if isinstance(read, Answer):
             return read
         data, doc, _ = read
-        status = resp.status
-        a2a_side = info.protocol == "a2a"
-        if info.binding is Binding.JSONRPC and doc is not None and jsonrpc.is_error_response(doc):
-            if a2a_side and (fixed := normalize_jsonrpc_error(doc)) is not None:
-                data = _dumps(fixed)
+        if info.binding is Binding.JSONRPC and jsonrpc.is_error_response(doc):
             trace_response(self._trace(request), doc)
-            return Answer(body=data, status=status, reason=resp.reason, headers=headers)
-        # The A2A reason a legacy REST answer means (errors.md section 5), if any.
-        reason = legacy_rest_reason(status, info.rest, request.path) if a2a_side else None
-        if info.binding is not Binding.JSONRPC and is_aip193(doc):
-            style = self._errors()
-            fixed = complete_aip193(doc, reason or E.UPSTREAM_ERROR, domain=style.domain)
-            if fixed is not None:
-                data = _dumps(fixed)
-            return Answer(body=data, status=status, reason=resp.reason, headers=headers)
-        log.warning(
-            "upstream error status with a non-conformant body rewritten",
-            extra={"status": status, "content_type": resp.content_type},
+        return error_status(
+            info,
+            resp.status,
+            resp.reason,
+            headers,
+            resp.headers,
+            data,
+            doc,
+            path=request.path,
+            session_sent=SESSION_HEADER in resp.request_headers,
+            style=self._errors(),
         )
-        if (
-            info.binding is Binding.JSONRPC
-            and info.protocol == "mcp"
-            and status == 404
-            and SESSION_HEADER in resp.request_headers
-        ):
-            # MCP: a 404 to a request carrying a session id means the session is gone.
-            rendered = self._render(info, WardenError(E.SESSION_NOT_FOUND, mcp_session=True))
-        else:
-            if a2a_side and reason is None:
-                reason = _rest_reason_of_jsonrpc_body(doc)
-            if reason is not None:
-                err = WardenError(reason)
-            else:
-                # The upstream's own text (stack traces, paths, secrets) is for the log only.
-                log.warning(
-                    "upstream error text withheld from the client",
-                    extra={"status": status, "upstream_message": _upstream_message(doc)},
-                )
-                err = WardenError(
-                    E.UPSTREAM_ERROR, status_override=code_for_upstream_status(status)
-                )
-            rendered = self._render(info, err)
-            if info.binding is Binding.JSONRPC and (
-                status == 401 or (info.protocol == "mcp" and 400 <= status < 500)
-            ):
-                # An auth challenge must reach the client as one (MCP authorization); an MCP
-                # upstream's own 4xx keeps its status (clients and conformance suites read it).
-                rendered = Rendered(status, rendered.headers, rendered.body)
-        out = _to_response(rendered)
-        for name in _KEPT_ON_REWRITE:
-            for value in resp.headers.getall(name, ()):
-                out.headers.add(name, value)
-        return out
 
     async def _relay(
         self,
-        request: _Flight,
+        request: Flight,
         resp: UpstreamResponse,
         headers: CIMultiDict[str],
         prefix: bytes = b"",
-    ) -> Answer | _Stream:
+    ) -> Answer | Stream:
         """Pass a body through unchanged, chunk by chunk as it arrives."""
         length = resp.content_length
         if not prefix and length is not None and length <= _CHUNK:
@@ -1267,7 +967,7 @@ class Forwarder:
             except UpstreamError:
                 return self._abort(request)
             return Answer(body=data, status=resp.status, reason=resp.reason, headers=headers)
-        out = _Stream(status=resp.status, reason=resp.reason, headers=headers)
+        out = Stream(status=resp.status, reason=resp.reason, headers=headers)
         if length is not None:
             out.content_length = length
         await out.prepare(request)
@@ -1290,24 +990,24 @@ class Forwarder:
 
     async def _relay_events(
         self,
-        request: _Flight,
+        request: Flight,
         info: Classified,
         resp: UpstreamResponse,
         headers: CIMultiDict[str],
         verdict: Admission,
         pending: set[jsonrpc.JsonRpcId] | None,
-        out: _Stream | None = None,
-    ) -> Answer | _Stream:
+        out: Stream | None = None,
+    ) -> Answer | Stream:
         """Relay an SSE stream event by event; a stream cut before its end gets an error event."""
         if request.slot is not None:
             request.slot.to_stream()
         if out is None:
             headers.update(_SSE_HEADERS)
-            out = _Stream(status=resp.status, reason=resp.reason, headers=headers)
+            out = Stream(status=resp.status, reason=resp.reason, headers=headers)
             await out.prepare(request)
         splitter = EventSplitter(max_event=self._settings.max_event_size)
         # An MCP 2024-11-05 stream names its message endpoint in its first event.
-        legacy: list[_LegacyStream | None] | None = (
+        legacy: list[LegacyStream | None] | None = (
             [None]
             if request.method == "GET"
             and info.protocol != "a2a"
@@ -1330,7 +1030,7 @@ class Forwarder:
             if legacy is not None:
                 ready = await self._legacy_events(request, verdict, ready, legacy, out)
             elif lists:
-                ready = _filter_tools_events(ready, lists, verdict)
+                ready = filter_tools_events(ready, lists, verdict.allows_tool)
             results = watch.feed(ready)
             for code in watch.take_error_codes():
                 trace.rpc_error(code)
@@ -1385,7 +1085,9 @@ class Forwarder:
                     "upstream event stream ended before its final event",
                     extra={"path": request.path, "cut": interrupted},
                 )
-                await out.write(self._interrupted_events(info, watch.pending or info.request_ids))
+                await out.write(
+                    interrupted_events(info, watch.pending or info.request_ids, self._errors())
+                )
             elif interrupted:
                 # Nothing owed, but cut: the client must see a broken stream, not an end.
                 self._abort(request, out)
@@ -1402,22 +1104,13 @@ class Forwarder:
 
     async def _own_tasks(self, verdict: Admission, listing: Any) -> dict[str, Any] | None:
         """An unfiltered ListTasks answer limited to the caller's contexts; None: unchanged."""
-        if not isinstance(listing, dict) or not isinstance(listing.get("tasks"), list):
+        contexts = listing_contexts(listing)
+        if contexts is None:
             return None
-        tasks: list[Any] = listing["tasks"]
-        contexts = {c for t in tasks if isinstance(c := _task_context(t), str)}
-        owned = await self._gate.own_contexts(verdict, contexts)
-        kept = [t for t in tasks if _task_context(t) in owned]
-        if len(kept) == len(tasks):
-            return None
-        mine = {**listing, "tasks": kept}
-        for key in ("totalSize", "total_size"):
-            if key in mine:
-                mine[key] = len(kept)  # the whole count would tell of others' tasks
-        return mine
+        return own_listing(listing, await self._gate.own_contexts(verdict, contexts))
 
     def _lists_to_filter(
-        self, request: _Flight, info: Classified, verdict: Admission
+        self, request: Flight, info: Classified, verdict: Admission
     ) -> set[jsonrpc.JsonRpcId] | None:
         """The tools/list ids whose answers this stream may carry, when the caller's rules
         filter tools: the request's own, or (a GET resuming a session) those left owed."""
@@ -1426,7 +1119,7 @@ class Forwarder:
         if request.method == "GET" and (session := request.headers.get(SESSION_HEADER)):
             owed = self._owed_lists.get(session)
             return set(owed) if owed else None
-        return _tools_list_ids(info)
+        return tools_list_ids(info)
 
     def _remember_lists(self, session: str, ids: set[jsonrpc.JsonRpcId]) -> None:
         if not ids:
@@ -1438,31 +1131,13 @@ class Forwarder:
         while len(self._owed_lists) > _OWED_LISTS_SESSIONS:  # bounded: oldest forgotten
             self._owed_lists.popitem(last=False)
 
-    def _interrupted_events(
-        self, info: Classified, pending: Iterable[jsonrpc.JsonRpcId] | None
-    ) -> bytes:
-        style = self._errors()
-        err = WardenError(E.UPSTREAM_STREAM_INTERRUPTED)
-        if info.binding is Binding.JSONRPC:
-            ids = list(pending) if pending else [None]
-            return b"".join(
-                render_sse_jsonrpc(
-                    err,
-                    i,
-                    domain=style.domain,
-                    a2a_spec=style.a2a_spec,
-                )
-                for i in ids
-            )
-        return render_sse_aip193(err, domain=style.domain, a2a_spec=style.a2a_spec)
-
-    def _abort(self, request: _Flight, out: _Stream | None = None) -> Answer | _Stream:
+    def _abort(self, request: Flight, out: Stream | None = None) -> Answer | Stream:
         request.response.abort()
         return out if out is not None else Answer(status=502)
 
     # -- errors -------------------------------------------------------------------------
 
-    def _upstream_error(self, request: _Flight, info: Classified, exc: BaseException) -> Answer:
+    def _upstream_error(self, request: Flight, info: Classified, exc: BaseException) -> Answer:
         """No (whole) answer from the upstream: counted, traced, and answered in an envelope."""
         reason = upstream_failure(exc)
         request.outcome = RequestOutcome.UPSTREAM_ERROR
@@ -1475,156 +1150,10 @@ class Forwarder:
         )
         return self._error(info, WardenError(reason), trace)
 
-    def _render(self, info: Classified, err: WardenError) -> Rendered:
-        style = self._errors()
-        if info.binding is not Binding.JSONRPC:
-            if info.protocol == "mcp":  # the MCP endpoint speaks JSON-RPC, even to GET and DELETE
-                return render_jsonrpc(
-                    err,
-                    None,
-                    domain=style.domain,
-                    a2a_spec=style.a2a_spec,
-                    notification=True,
-                )
-            return render_aip193(err, domain=style.domain, a2a_spec=style.a2a_spec)
-        if info.invalid is not None:
-            return render_jsonrpc(
-                err, info.invalid.id, domain=style.domain, a2a_spec=style.a2a_spec
-            )
-        ids = info.request_ids
-        if info.body is None:  # body unread (too large)
-            return render_jsonrpc(err, None, domain=style.domain, a2a_spec=style.a2a_spec)
-        if not ids:
-            return render_jsonrpc(
-                err, None, domain=style.domain, a2a_spec=style.a2a_spec, notification=True
-            )
-        single = render_jsonrpc(err, ids[0], domain=style.domain, a2a_spec=style.a2a_spec)
-        if not info.body.batch:
-            return single
-        batch = [
-            jsonrpc_error_object(err, i, domain=style.domain, a2a_spec=style.a2a_spec) for i in ids
-        ]
-        body = json.dumps(batch, separators=(",", ":")).encode()
-        return Rendered(single.status, single.headers, body)
-
     def _error(self, info: Classified, err: WardenError, trace: Trace = NOOP) -> Answer:
         if trace is not NOOP:
             trace.rpc_error(jsonrpc_code(err))
-        return _to_response(self._render(info, err))
-
-
-_NOBODY = Credential(ANONYMOUS, "anonymous")
-
-
-_date: list[Any] = [0, ""]
-
-
-def _http_date() -> str:
-    """The Date header value, made once a second."""
-    now = int(time.time())
-    if _date[0] != now:
-        _date[0], _date[1] = now, formatdate(now, usegmt=True)
-    return str(_date[1])
-
-
-def _reason(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"
-
-
-def _repeated(headers: CIMultiDictProxy[str], names: Iterable[str]) -> bool:
-    """Whether any of ``names`` was sent more than once."""
-    for name in names:  # noqa: SIM110  (a loop: no generator per request)
-        if len(headers.getall(name, ())) > 1:
-            return True
-    return False
-
-
-def _http_label(method: str) -> str:
-    return method if method in HTTP_METHODS else OTHER
-
-
-def _method_label(info: Classified, http_method: str) -> str:
-    """A bounded label: a known JSON-RPC method or A2A operation, else the HTTP method."""
-    if info.rest is not None:
-        return info.rest.op.name
-    if info.body is not None:
-        method = info.body.first_method
-        if method is not None and (method in mcp.METHODS or a2a.op_for_method(method)):
-            return method
-        return OTHER
-    return _http_label(http_method)
-
-
-def _accepted() -> Answer:
-    """What an MCP 2024-11-05 message endpoint answers a POST whose answer is on the stream."""
-    return Answer(status=202, text="Accepted")
-
-
-def _header_mismatch(request: _Flight, info: Classified) -> bool:
-    headers = request.headers
-    method = headers.get(mcp.METHOD_HEADER)
-    name = headers.get(mcp.NAME_HEADER)
-    if method is None and name is None:
-        return False
-    if (
-        len(headers.getall(mcp.METHOD_HEADER, ())) > 1
-        or len(headers.getall(mcp.NAME_HEADER, ())) > 1
-    ):
-        return True  # two values: the upstream may read either
-    assert info.body is not None
-    return mcp.header_mismatch(method, name, [(m.method, m.params) for m in info.body.messages])
-
-
-def _tools_list_ids(info: Classified) -> set[jsonrpc.JsonRpcId]:
-    if info.body is None:
-        return set()
-    return {m.id for m in info.body.messages if m.method == mcp.TOOLS_LIST and m.has_id}
-
-
-def _filter_tools_doc(doc: Any, ids: set[jsonrpc.JsonRpcId], verdict: Admission) -> Any:
-    """A JSON-RPC response (or batch) with its tools/list results filtered; None: unchanged."""
-    items = doc if isinstance(doc, list) else [doc]
-    changed = False
-    out: list[Any] = []
-    for item in items:
-        if isinstance(item, dict) and item.get("id") in ids and "result" in item:
-            filtered = mcp.filter_tools(item["result"], verdict.allows_tool)
-            if filtered is not None:
-                item, changed = {**item, "result": filtered}, True
-        out.append(item)
-    if not changed:
-        return None
-    return out if isinstance(doc, list) else out[0]
-
-
-def _filter_tools_events(ready: bytes, ids: set[jsonrpc.JsonRpcId], verdict: Admission) -> bytes:
-    """Whole SSE events with any tools/list answer among them filtered."""
-    if b"tools" not in ready:
-        return ready
-    parts: list[bytes] = []
-    changed = False
-    for block in split_events(ready):
-        kind, data, event_id = event_fields(block)
-        if data is not None and kind == "message":
-            doc = _json_or_none(data.encode())
-            filtered = _filter_tools_doc(doc, ids, verdict) if doc is not None else None
-            if filtered is not None:
-                block, changed = build_event(kind, _dumps(filtered).decode(), event_id), True
-        parts.append(block)
-    return b"".join(parts) if changed else ready
-
-
-def _dumps(doc: Any) -> bytes:
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def _is_card_request(request: _Flight, info: Classified) -> bool:
-    if request.method != "GET":
-        return False
-    return a2a.is_agent_card_path(request.path) or info.a2a_op is a2a.GET_EXTENDED_AGENT_CARD
+        return to_answer(render(info, err, self._errors()))
 
 
 def _json_response(doc: Any) -> Answer:
@@ -1632,53 +1161,6 @@ def _json_response(doc: Any) -> Answer:
     return Answer(status=200, body=body, content_type="application/json")
 
 
-def _to_response(rendered: Rendered) -> Answer:
-    return Answer(status=rendered.status, body=rendered.body, headers=CIMultiDict(rendered.headers))
-
-
-def _encoded(resp: UpstreamResponse) -> bool:
-    encoding = resp.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
-    return encoding not in ("", "identity")
-
-
-def _json_or_none(data: bytes) -> Any:
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError):
-        return None
-
-
-def _rest_reason_of_jsonrpc_body(doc: Any) -> E | None:
-    """A REST error body shaped like a JSON-RPC error object: its code names the reason."""
-    error = doc.get("error") if isinstance(doc, dict) else None
-    code = error.get("code") if isinstance(error, dict) else None
-    return rest_reason_for_jsonrpc_code(code) if isinstance(code, int) else None
-
-
 def _fold(name: str) -> str:
     """A header name as CGI/WSGI-style servers see it: case and ``_``/``-`` folded."""
     return name.lower().replace("_", "-")
-
-
-def _task_context(task: Any) -> str | None:
-    if not isinstance(task, dict):
-        return None
-    ctx = task.get("contextId", task.get("context_id"))
-    return ctx if isinstance(ctx, str) else None
-
-
-def _upstream_message(doc: Any) -> str | None:
-    """The upstream's own one-line message, from the usual JSON shapes; never HTML or traces."""
-    if not isinstance(doc, dict):
-        return None
-    for key in ("message", "error", "detail"):
-        value = doc.get(key)
-        if isinstance(value, dict):
-            value = value.get("message")
-        if isinstance(value, str) and value.strip():
-            line = value.strip().splitlines()[0]
-            return line[:_UPSTREAM_MESSAGE_MAX]
-    return None
-
-
-__all__ = ["HOP_BY_HOP", "Answer", "Forwarder", "filter_headers", "upstream_failure"]
