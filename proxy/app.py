@@ -17,11 +17,11 @@ from aiohttp import ClientSession, ClientTimeout, DummyCookieJar, web
 from proxy.admin_token import AdminLock
 from proxy.config import Settings
 from proxy.dataplane import UpstreamPool
+from proxy.dataplane.line import RequestLine
 from proxy.dataplane.server import HttpServer
 from proxy.errors import E, WardenError, render_aip193
 from proxy.gate import Gate
 from proxy.identity import Verifier, build_verifier
-from proxy.line import RequestLine
 from proxy.listener import BANNER, connection_cap, no_banner
 from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.metrics import CloseCause, Metrics, ReloadResult

@@ -19,6 +19,7 @@ from typing import Any
 from multidict import CIMultiDictProxy, MultiMapping
 
 from proxy.errors import E, WardenError, jsonrpc_error_object
+from proxy.exchange import MINTED_HEADER, Exchange
 from proxy.identity import Credential, Verifier, challenge
 from proxy.metrics import CloseCause, Metrics
 from proxy.policy import PolicyFile, Rules
@@ -45,7 +46,7 @@ PROXY_SESSION_PREFIX = "awp-"
 # 2024-11-05 HTTP+SSE sessions: named by the proxy for the upstream's message endpoint.
 LEGACY_SESSION_PREFIX = "aws-"
 MINTED_SESSION_PREFIX = "awm-"
-MINTED_HEADER = "Warden-Session"
+
 _UNCAPPED = 2**53
 _GRANTS_CACHED = 4096
 _ANONYMOUS = Credential(ANONYMOUS, "anonymous")
@@ -225,18 +226,11 @@ class Gate:
             challenge=challenge(metadata_url, invalid_token=presented),
         )
 
-    async def admit(
-        self,
-        http_method: str,
-        headers: Mapping[str, str],
-        info: Classified,
-        legacy: LegacySession | None = None,
-        query: MultiMapping[str] | None = None,
-        credential: Credential = _ANONYMOUS,
-        metadata_url: str | None = None,
-    ) -> Verdict:
-        """Judge one request of a verified caller in its session: minted, protocol or the
-        agent's window."""
+    async def admit(self, exchange: Exchange, legacy: LegacySession | None = None) -> Verdict:
+        """Judge one request of a verified caller in its session: minted, protocol (an MCP
+        2024-11-05 stream's is ``legacy``) or the agent's window."""
+        http_method, headers, info = exchange.method, exchange.headers, exchange.info
+        query, credential, metadata_url = exchange.query, exchange.caller, exchange.metadata_url
         policy = self._policy()
         origin = headers.get("Origin")
         if origin is not None and not _origin_allowed(origin, headers.get("Host"), policy):

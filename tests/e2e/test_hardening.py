@@ -988,7 +988,7 @@ async def test_a_bug_after_the_answer_began_cuts_the_connection(
     def bug(*_: Any) -> Any:
         raise RuntimeError("a bug while relaying")
 
-    monkeypatch.setattr("proxy.line.requestline.StreamWatch.feed", bug)
+    monkeypatch.setattr("proxy.dataplane.line.StreamWatch.feed", bug)
     reader, writer = await asyncio.open_connection(*proxy.removeprefix("http://").split(":"))
     writer.write(b"GET /mcp HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
     await writer.drain()

@@ -17,6 +17,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.admin_token import AdminLock
 from proxy.errors import E
+from proxy.exchange import Exchange
 from proxy.gate import (
     MINTED_HEADER,
     MINTED_SESSION_PREFIX,
@@ -79,7 +80,8 @@ class Harness:
         h = CIMultiDictProxy(CIMultiDict({"Content-Type": "application/json", **(headers or {})}))
         body = json.dumps(message).encode() if message is not None else None
         info = classify(http_method, "/mcp", h, body)
-        return await self.gate.admit(http_method, h, info, credential=Credential(agent, "header"))
+        exchange = Exchange(http_method, "/mcp", "/mcp", h, Credential(agent, "header"), info)
+        return await self.gate.admit(exchange)
 
     async def live(self) -> dict[str, SessionInfo]:
         return {s.id: s for s in await self.store.sessions(self.clock.now)}

@@ -1,5 +1,5 @@
 """The rewrite step alone: pure functions from what the upstream sent to what the client
-gets, tested without sockets, stores or clocks (proxy/line/rewrite.py)."""
+gets, tested without sockets, stores or clocks (proxy/rewrite.py)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,11 @@ from proxy.dataplane import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from proxy.dataplane.line import upstream_failure
 from proxy.errors import E, WardenError
-from proxy.line.rewrite import (
+from proxy.policy.model import ErrorsConfig
+from proxy.protocols.classify import Classified, classify
+from proxy.rewrite import (
     error_status,
     filter_tools_doc,
     filter_tools_events,
@@ -27,10 +30,7 @@ from proxy.line.rewrite import (
     own_listing,
     render,
     tools_list_ids,
-    upstream_failure,
 )
-from proxy.policy.model import ErrorsConfig
-from proxy.protocols.classify import Classified, classify
 
 STYLE = ErrorsConfig()
 JSON = {"Content-Type": "application/json"}

@@ -3,15 +3,16 @@
     listen    proxy/dataplane/server.py     llhttp on asyncio.Protocol: heads, bodies, guards
     identify  proxy/gate.py  Gate.caller    the verified caller, before any body is read
     classify  proxy/protocols/classify.py   MCP or A2A, JSON-RPC or REST, what it asks
-    decide    proxy/gate.py  Gate.admit     the session policy: allow, deny, or trim a batch
+    decide    proxy/gate.py  Gate.admit     the session policy on an Exchange: a Verdict
     forward   proxy/dataplane/upstream.py   the pooled keep-alive upstream client
-    rewrite   proxy/line/rewrite.py         upstream failures and what callers may not see
-    record    proxy/line/record.py          labels; metrics, logs and spans at the end
+    rewrite   proxy/rewrite.py              upstream failures and what callers may not see
+    record    proxy/exchange.py labels, proxy/metrics.py, proxy/telemetry.py, logs
 
 ``RequestLine.handle`` runs them in that order for one request; this module holds only
 the sequencing and the I/O between the steps (reading bodies, relaying streams). The
-HTTP values it passes along are in proxy/line/http.py, each agent's in-flight places in
-proxy/line/inflight.py, the MCP 2024-11-05 endpoint registry in proxy/line/legacy.py.
+values passed along are in proxy/exchange.py (pure); the request in flight in
+proxy/dataplane/flight.py, each agent's in-flight places in proxy/dataplane/inflight.py,
+the MCP 2024-11-05 endpoint registry in proxy/dataplane/legacy.py.
 """
 
 from __future__ import annotations
@@ -30,50 +31,39 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.config import Settings
-from proxy.dataplane import UpstreamError, UpstreamPool, UpstreamResponse
+from proxy.dataplane import (
+    UpstreamConnectTimeout,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
 from proxy.dataplane.coding import CodingError, Inflater, UnsupportedCoding, inflater_for
+from proxy.dataplane.flight import Flight, Stream, http_date, reason_phrase
+from proxy.dataplane.inflight import InFlight, Slot
+from proxy.dataplane.legacy import LegacyEndpoints, LegacyStream
 from proxy.dataplane.server import BodyTooLarge, ServerRequest, ServerResponse
 from proxy.errors import E, WardenError, render_aip193, render_sse_jsonrpc
 from proxy.errors.normalize import normalize_jsonrpc_error
 from proxy.errors.render import jsonrpc_code
-from proxy.gate import LEGACY_SESSION_PREFIX, MINTED_HEADER, Admission, Gate, LegacySession, Refusal
-from proxy.identity import Credential, metadata_document
-from proxy.identity.metadata import WELL_KNOWN
-from proxy.line.http import (
+from proxy.exchange import (
+    MINTED_HEADER,
     REQUEST_DROP,
     RESPONSE_DROP,
     Answer,
-    Flight,
-    Stream,
+    Exchange,
     accepted,
     connection_tokens,
     filter_headers,
-    http_date,
+    http_label,
     json_answer,
-    reason_phrase,
+    method_label,
     repeated,
     to_answer,
 )
-from proxy.line.inflight import InFlight, Slot
-from proxy.line.legacy import LegacyEndpoints, LegacyStream
-from proxy.line.record import http_label, method_label
-from proxy.line.rewrite import (
-    dumps,
-    encoded,
-    error_status,
-    filter_tools_doc,
-    filter_tools_events,
-    header_mismatch,
-    interrupted_events,
-    is_card_request,
-    json_or_none,
-    listing_contexts,
-    merged_batch,
-    own_listing,
-    render,
-    tools_list_ids,
-    upstream_failure,
-)
+from proxy.gate import LEGACY_SESSION_PREFIX, Admission, Gate, LegacySession, Refusal
+from proxy.identity import Credential, metadata_document
+from proxy.identity.metadata import WELL_KNOWN
 from proxy.listener import BANNER
 from proxy.metrics import Metrics, RequestOutcome
 from proxy.policy.decide import ANONYMOUS
@@ -89,6 +79,22 @@ from proxy.protocols.sse import (
     build_event,
     event_fields,
     split_events,
+)
+from proxy.rewrite import (
+    dumps,
+    encoded,
+    error_status,
+    filter_tools_doc,
+    filter_tools_events,
+    header_mismatch,
+    interrupted_events,
+    is_card_request,
+    json_or_none,
+    listing_contexts,
+    merged_batch,
+    own_listing,
+    render,
+    tools_list_ids,
 )
 from proxy.telemetry import (
     NOOP,
@@ -119,6 +125,15 @@ _SSE_HEADERS = {"X-Accel-Buffering": "no"}  # nginx and kin in front must not bu
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "PUT"})
 _CHUNK = 64 * 1024
 _NOBODY = Credential(ANONYMOUS, "anonymous")
+
+
+def upstream_failure(exc: BaseException) -> E:
+    """The upstream pool's failures as the errors.md section 3 rows, most specific first."""
+    if isinstance(exc, UpstreamConnectTimeout):
+        return E.UPSTREAM_UNAVAILABLE  # nothing answered at all
+    if isinstance(exc, UpstreamTimeout | TimeoutError):  # no response head in time
+        return E.UPSTREAM_TIMEOUT
+    return E.UPSTREAM_UNAVAILABLE
 
 
 class RequestLine:
@@ -378,15 +393,17 @@ class RequestLine:
                 # endpoint as a prefix): nothing to judge it in.
                 request.outcome = RequestOutcome.DENIED
                 return self._error(info, WardenError(E.SESSION_NOT_FOUND), trace)
-        verdict = await self._gate.admit(
+        exchange = Exchange(
             request.method,
+            request.target,
+            request.path,
             request.headers,
-            info,
-            legacy.session if legacy is not None else None,
-            request.query if info.rest is not None else None,
             request.caller or _NOBODY,
+            info,
+            request.query if info.rest is not None else None,
             self._metadata_url(request, self._gate.identity().resource_metadata),
         )
+        verdict = await self._gate.admit(exchange, legacy.session if legacy is not None else None)
         if trace is not NOOP:
             trace.decided(decision_attributes(verdict))
         if isinstance(verdict, Refusal):

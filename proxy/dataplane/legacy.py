@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from yarl import URL
 
+from proxy.dataplane.flight import Stream
 from proxy.gate import Admission, LegacySession
-from proxy.line.http import Stream
 from proxy.protocols import jsonrpc
 
 __all__ = ["LegacyEndpoints", "LegacyStream"]

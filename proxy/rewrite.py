@@ -3,7 +3,7 @@
 Each takes what was read (status, headers, bytes, the parsed document) and the request's
 classification, and returns the answer or the rewritten bytes; nothing here reads a
 socket or a store, so every rule is tested without either (tests/unit/test_rewrite.py).
-The request line (proxy/line/requestline.py) reads, calls these, and writes.
+The request line (proxy/dataplane/line.py) reads, calls these, and writes.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typing import Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy.dataplane import UpstreamConnectTimeout, UpstreamTimeout
 from proxy.errors import (
     E,
     Rendered,
@@ -34,7 +33,7 @@ from proxy.errors.normalize import (
     normalize_jsonrpc_error,
     rest_reason_for_jsonrpc_code,
 )
-from proxy.line.http import Answer, to_answer
+from proxy.exchange import Answer, to_answer
 from proxy.policy.model import ErrorsConfig
 from proxy.protocols import a2a, jsonrpc, mcp
 from proxy.protocols.classify import Binding, Classified
@@ -46,6 +45,7 @@ log = logging.getLogger("agent_warden.forward")
 __all__ = [
     "KEPT_ON_REWRITE",
     "dumps",
+    "encoded",
     "error_status",
     "filter_tools_doc",
     "filter_tools_events",
@@ -53,12 +53,12 @@ __all__ = [
     "interrupted_events",
     "is_card_request",
     "json_or_none",
+    "listing_contexts",
     "merged_batch",
     "own_listing",
     "render",
     "task_context",
     "tools_list_ids",
-    "upstream_failure",
 ]
 
 # Kept when an upstream error body is rewritten: they still mean something to the client.
@@ -66,15 +66,6 @@ KEPT_ON_REWRITE = ("Retry-After", "WWW-Authenticate", "Allow", SESSION_HEADER)
 _UPSTREAM_MESSAGE_MAX = 200
 
 ToolRule = Callable[[str], bool]
-
-
-def upstream_failure(exc: BaseException) -> E:
-    """The upstream pool's failures as the errors.md section 3 rows, most specific first."""
-    if isinstance(exc, UpstreamConnectTimeout):
-        return E.UPSTREAM_UNAVAILABLE  # nothing answered at all
-    if isinstance(exc, UpstreamTimeout | TimeoutError):  # no response head in time
-        return E.UPSTREAM_TIMEOUT
-    return E.UPSTREAM_UNAVAILABLE
 
 
 # -- the proxy's own errors, in the request's envelope ---------------------------------------
