@@ -864,13 +864,13 @@ class RequestLine:
             filtered = filter_tools_doc(doc, lists, verdict.allows_tool)
             if filtered is not None:
                 data = dumps(filtered)
-            if (
-                self._public_url is not None
-                and info.a2a_op is a2a.GET_EXTENDED_AGENT_CARD
-                and isinstance(doc, dict)
-                and (card := self._moved_card(doc.get("result"))) is not None
-            ):
-                data = dumps({**doc, "result": card})
+        if (
+            self._public_url is not None
+            and info.a2a_op is a2a.GET_EXTENDED_AGENT_CARD
+            and isinstance(doc, dict)
+            and (card := self._moved_card(doc.get("result"))) is not None
+        ):
+            data = dumps({**doc, "result": card})
         return Answer(body=data, status=resp.status, reason=resp.reason, headers=headers)
 
     async def _card(

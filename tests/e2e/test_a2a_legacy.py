@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from aiohttp import ClientSession
+from aiohttp import ClientSession, web
 
 from proxy.policy import DEFAULT_POLICY, PolicyFile, parse_policy
 from tests.e2e.conftest import StartProxy, StartUpstream
@@ -205,3 +205,39 @@ async def test_legacy_card_is_rewritten_to_the_public_url(
     assert {k: v for k, v in moved.items() if k not in ("url", "additionalInterfaces")} == {
         k: v for k, v in card.items() if k not in ("url", "additionalInterfaces")
     }
+
+
+async def test_the_extended_card_over_json_rpc_is_moved_to_the_public_url(
+    start_upstream: StartUpstream, start_proxy: StartProxy, http: ClientSession
+) -> None:
+    """GetExtendedAgentCard answered over JSON-RPC names the same interfaces as the public
+    card: with --public-url they move too (they did not: the rewrite sat behind the
+    tools/list filter)."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+
+    async def extended(request: web.Request) -> web.Response:
+        sent = await request.json()
+        card = {
+            "name": "billing",
+            "supportedInterfaces": [{"url": base + "/a2a", "protocolBinding": "JSONRPC"}],
+            "provider": {"url": base + "/about"},
+        }
+        return web.json_response({"jsonrpc": "2.0", "id": sent["id"], "result": card})
+
+    app = web.Application()
+    app.router.add_post("/a2a", extended)
+    upstream = await start_upstream(app, port)
+    call = {"jsonrpc": "2.0", "id": 4, "method": "GetExtendedAgentCard", "params": {}}
+    headers = {"Content-Type": "application/json", "A2A-Version": "1.0"}
+    public = "https://agents.example.test/billing"
+    for proxy, url in (
+        (await start_proxy(upstream), base + "/a2a"),
+        (await start_proxy(upstream, public_url=public), public + "/a2a"),
+    ):
+        async with http.post(f"{proxy}/a2a", json=call, headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+            doc = await resp.json()
+        assert doc["id"] == 4
+        assert doc["result"]["supportedInterfaces"][0]["url"] == url
+        assert doc["result"]["provider"]["url"] == base + "/about"  # only interfaces move
