@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from typing import Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -43,6 +43,7 @@ from proxy.protocols.sse import build_event, event_fields, split_events
 log = logging.getLogger("agent_warden.forward")
 
 __all__ = [
+    "ANY_ID",
     "KEPT_ON_REWRITE",
     "dumps",
     "encoded",
@@ -66,6 +67,16 @@ KEPT_ON_REWRITE = ("Retry-After", "WWW-Authenticate", "Allow", SESSION_HEADER)
 _UPSTREAM_MESSAGE_MAX = 200
 
 ToolRule = Callable[[str], bool]
+
+
+class _AnyId:
+    """Every JSON-RPC id: a stream whose requests are not known here."""
+
+    def __contains__(self, _: object) -> bool:
+        return True
+
+
+ANY_ID: Container[jsonrpc.JsonRpcId] = _AnyId()
 
 
 # -- the proxy's own errors, in the request's envelope ---------------------------------------
@@ -207,7 +218,7 @@ def tools_list_ids(info: Classified) -> set[jsonrpc.JsonRpcId]:
     return {m.id for m in info.body.messages if m.method == mcp.TOOLS_LIST and m.has_id}
 
 
-def filter_tools_doc(doc: Any, ids: set[jsonrpc.JsonRpcId], allows: ToolRule) -> Any:
+def filter_tools_doc(doc: Any, ids: Container[jsonrpc.JsonRpcId], allows: ToolRule) -> Any:
     """A JSON-RPC response (or batch) with its tools/list results filtered; None: unchanged."""
     items = doc if isinstance(doc, list) else [doc]
     changed = False
@@ -223,7 +234,7 @@ def filter_tools_doc(doc: Any, ids: set[jsonrpc.JsonRpcId], allows: ToolRule) ->
     return out if isinstance(doc, list) else out[0]
 
 
-def filter_tools_events(ready: bytes, ids: set[jsonrpc.JsonRpcId], allows: ToolRule) -> bytes:
+def filter_tools_events(ready: bytes, ids: Container[jsonrpc.JsonRpcId], allows: ToolRule) -> bytes:
     """Whole SSE events with any tools/list answer among them filtered."""
     if b"tools" not in ready:
         return ready

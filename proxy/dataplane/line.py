@@ -22,8 +22,7 @@ import json
 import logging
 import secrets
 import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Container, Mapping
 from typing import Any
 
 from aiohttp import hdrs
@@ -81,6 +80,7 @@ from proxy.protocols.sse import (
     split_events,
 )
 from proxy.rewrite import (
+    ANY_ID,
     dumps,
     encoded,
     error_status,
@@ -109,8 +109,6 @@ log = logging.getLogger("agent_warden.forward")
 
 __all__ = ["RequestLine"]
 
-_OWED_LISTS_PER_SESSION = 64
-_OWED_LISTS_SESSIONS = 4096
 _ACAO = hdrs.ACCESS_CONTROL_ALLOW_ORIGIN
 # MCP 2024-11-05: refusals about the sender, not the session, answer the POST itself (another
 # agent must never write into a session's stream).
@@ -163,7 +161,6 @@ class RequestLine:
         self._in_flight = InFlight(settings.max_inflight_per_agent, settings.max_streams_per_agent)
         self._drop_cache: tuple[Identity, frozenset[str], frozenset[str]] | None = None
         # MCP 2025 resumption: tools/list ids a closed stream still owes, by session.
-        self._owed_lists: OrderedDict[str, set[jsonrpc.JsonRpcId]] = OrderedDict()
 
     # -- request side -------------------------------------------------------------------
 
@@ -1092,10 +1089,6 @@ class RequestLine:
             if owes and not interrupted and resumable and info.protocol == "mcp":
                 # MCP resumption: the client resumes with Last-Event-ID, no error of ours.
                 log.info("upstream closed a resumable event stream", extra={"path": request.path})
-                session = request.headers.get(SESSION_HEADER)
-                if lists and session:
-                    # Its tools/list answers may come on the resuming GET: filtered there too.
-                    self._remember_lists(session, lists & set(watch.pending))
             elif too_large or (owes and (interrupted or not watch.complete)):
                 # Ended before its final event: tell the client in the stream's own terms.
                 log.warning(
@@ -1128,25 +1121,16 @@ class RequestLine:
 
     def _lists_to_filter(
         self, request: Flight, info: Classified, verdict: Admission
-    ) -> set[jsonrpc.JsonRpcId] | None:
-        """The tools/list ids whose answers this stream may carry, when the caller's rules
-        filter tools: the request's own, or (a GET resuming a session) those left owed."""
+    ) -> Container[jsonrpc.JsonRpcId] | None:
+        """The ids of the tools/list answers this stream may carry, when the caller's rules
+        filter tools: the request's own; on a GET of a session (a resumed stream, or the
+        session's own stream) any answer at all, since the request it answers may have gone
+        through another process: every result shaped like a tools list is filtered."""
         if not verdict.filters_tools:
             return None
-        if request.method == "GET" and (session := request.headers.get(SESSION_HEADER)):
-            owed = self._owed_lists.get(session)
-            return set(owed) if owed else None
+        if request.method == "GET" and SESSION_HEADER in request.headers:
+            return ANY_ID
         return tools_list_ids(info)
-
-    def _remember_lists(self, session: str, ids: set[jsonrpc.JsonRpcId]) -> None:
-        if not ids:
-            return
-        owed = self._owed_lists.setdefault(session, set())
-        if len(owed) < _OWED_LISTS_PER_SESSION:
-            owed.update(ids)
-        self._owed_lists.move_to_end(session)
-        while len(self._owed_lists) > _OWED_LISTS_SESSIONS:  # bounded: oldest forgotten
-            self._owed_lists.popitem(last=False)
 
     def _abort(self, request: Flight, out: Stream | None = None) -> Answer | Stream:
         request.response.abort()

@@ -47,6 +47,7 @@ from tests.e2e.test_minted_sessions import (
     fresh,
     text_of,
 )
+from tests.redis_server import RedisServer
 from tests.upstreams import mcp_rounds
 from tests.upstreams.mcp_rounds import ELICIT_KEY, confirmed_text, polled_text
 from tests.upstreams.serve import HeaderRecorder, SeenRequest, ThreadedServer
@@ -630,3 +631,39 @@ async def test_a_resumed_tools_list_is_filtered_for_the_official_client(
     assert resumed, "the tools/list answer came on a resumed stream"
     names = [t.name for t in listed.tools]
     assert names == ["echo"], f"tools/list answered on the resumed GET was not filtered: {names}"
+
+
+async def test_a_tools_list_resumed_through_another_replica_is_filtered(
+    run_proxy: RunProxy,
+    redis_server: RedisServer,
+    tmp_path: Path,
+    web: httpx.AsyncClient,
+) -> None:
+    """The POST goes through one replica, the resuming GET through another (or another
+    worker of --workers): the second never saw the request, and still filters every
+    tools list on a session's GET for a caller whose rules filter tools."""
+    server = ThreadedServer(mcp_rounds.build_polled_lists_app_for)
+    server.start()
+    try:
+        path = tmp_path / "lists.yaml"
+        path.write_text(LISTS_POLICY)
+        store = f"{redis_server.url}?prefix=rr-{uuid.uuid4().hex[:10]}:"
+        args = ("--policy", str(path), "--store", store)
+        first, second = _target(run_proxy, server, *args), _target(run_proxy, server, *args)
+        base = {"accept": ACCEPT, MARKER: uuid.uuid4().hex, AGENT_HEADER: fresh("lists")}
+        follow = await legacy_session(web, first.endpoint, base)
+        listing = await web.post(
+            first.endpoint,
+            headers=follow,
+            json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+        )
+        assert listing.status_code == 200, listing.text
+        events = sse_events(listing.text)
+        assert messages_of(events) == [], listing.text  # the answer comes on the resumed GET
+        last_id = events[-1].id
+        assert last_id is not None, listing.text
+        _, answer = await resume(web, second.endpoint, follow, last_id, 2)
+        names = [t["name"] for t in answer["result"]["tools"]]
+        assert names == ["echo"], f"resumed through another replica, not filtered: {names}"
+    finally:
+        server.stop()
