@@ -14,7 +14,7 @@ from typing import NoReturn
 
 from aiohttp import web
 
-from proxy import __version__, logs, workers
+from proxy import __version__, logs, tools_cli, workers
 from proxy.admin_token import AdminLock, TokenFileError
 from proxy.app import ProxyListener, Runtime, build_admin_app, services
 from proxy.config import ConfigError, Settings, env_name, from_options
@@ -70,6 +70,12 @@ _RUN_FLAGS: tuple[tuple[str, str], ...] = (
         "data-plane processes sharing the --listen port (SO_REUSEPORT), 1 to 64; more than "
         "1 needs --store redis://... (default 1)",
     ),
+    (
+        "--decision-log",
+        "FILE (or - for stdout): one JSON line per counted call, allowed or denied; the "
+        "input of `agent-warden replay` (default: off)",
+    ),
+    ("--decision-log-max-bytes", "rotate the decision log past this size (default 64MiB)"),
 )
 
 
@@ -92,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
         )
     check = sub.add_parser("check", help="validate policy files")
     check.add_argument("files", nargs="+", metavar="FILE")
+    tools_cli.add_explain(sub)
+    tools_cli.add_replay(sub)
     webhook = sub.add_parser("webhook", help="serve the Kubernetes sidecar-injection webhook")
     inject_cli.add_arguments(webhook)
     return parser
@@ -202,6 +210,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(args.files)
         if args.command == "webhook":
             return inject_cli.run(args)
+        if args.command == "explain":
+            return tools_cli.run_explain(args)
+        if args.command == "replay":
+            return tools_cli.run_replay(args)
         return _run(args)
     except ConfigError as exc:
         print(f"agent-warden: error: {exc}", file=sys.stderr)

@@ -15,7 +15,7 @@ from typing import Protocol
 from aiohttp import ClientSession, ClientTimeout, DummyCookieJar, web
 
 from proxy.admin_token import AdminLock
-from proxy.config import Settings
+from proxy.config import ConfigError, Settings
 from proxy.dataplane import UpstreamPool
 from proxy.dataplane.line import RequestLine
 from proxy.dataplane.server import HttpServer
@@ -30,6 +30,7 @@ from proxy.policy.grant import GrantError, parse_grant
 from proxy.policy.model import Identity
 from proxy.policy.watch import PolicyWatcher
 from proxy.protocols import jsonrpc
+from proxy.record import DecisionLog
 from proxy.sessions.base import SessionStore, StoreUnavailable
 from proxy.sessions.memory import MemoryStore
 from proxy.telemetry import Telemetry
@@ -140,6 +141,11 @@ class ProxyListener:
             keepalive=settings.upstream_keepalive,
             read_timeout=settings.stream_idle_timeout,
         )
+        self._decisions = (
+            DecisionLog(settings.decision_log, settings.decision_log_max_bytes)
+            if settings.decision_log
+            else None
+        )
         self.forwarder = RequestLine(
             settings,
             self._pool,
@@ -147,6 +153,7 @@ class ProxyListener:
             runtime.gate(),
             runtime.metrics,
             runtime.telemetry,
+            self._decisions,
         )
         self._server = HttpServer(
             self.forwarder.handle,
@@ -173,6 +180,11 @@ class ProxyListener:
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
         """Open the identity service, then listen; returns the port. ``reuse_port``: the
         port is shared with the other workers (SO_REUSEPORT)."""
+        if self._decisions is not None:
+            try:
+                self._decisions.open()
+            except OSError as exc:
+                raise ConfigError(f"--decision-log: {exc.strerror or exc}") from None
         await self._runtime.identity.open(self._runtime.policy.identity)
         try:
             self.port = await self._server.start(host, port, backlog=1024, reuse_port=reuse_port)
@@ -192,6 +204,8 @@ class ProxyListener:
         await self._shut()
 
     async def _shut(self) -> None:
+        if self._decisions is not None:
+            self._decisions.close()
         await self._runtime.identity.close()
         await self._pool.close()
 

@@ -61,6 +61,8 @@ class Settings:
     max_event_size: int = 8 * 1024 * 1024  # one upstream SSE event
     admin_token_file: str | None = None  # /sessions needs its token; else loopback only
     workers: int = 1  # data-plane processes on one --listen port (SO_REUSEPORT); >1 needs Redis
+    decision_log: str | None = None  # FILE or "-": one JSON line per counted call (replay)
+    decision_log_max_bytes: int = 64 * 1024 * 1024  # rotated past this (FILE.1 .. FILE.3)
 
 
 def parse_address(value: str, what: str) -> Address:
@@ -213,6 +215,8 @@ def from_options(options: Mapping[str, str | None]) -> Settings:
         max_event_size=size("max_event_size", defaults.max_event_size),
         admin_token_file=opt("admin_token_file"),
         workers=workers,
+        decision_log=opt("decision_log") or None,
+        decision_log_max_bytes=size("decision_log_max_bytes", defaults.decision_log_max_bytes),
     )
 
 

@@ -82,6 +82,9 @@ class Admission:
     grant: Grant | None = None  # a minted session's narrowing (tools/list too)
     remembers: bool = False  # MCP: input_required results hand out requestStates
     own_tasks_only: bool = False  # A2A ListTasks: the answer keeps the caller's tasks only
+    # A batch judged element by element: each element's denial (None: allowed), for the
+    # record step; empty when the request was judged whole.
+    element_reasons: tuple[E | None, ...] = ()
 
     @property
     def filters_tools(self) -> bool:
@@ -780,6 +783,7 @@ class Gate:
         kept: list[dict[str, Any]] = []
         style = self._errors()
         logged = False
+        adm.element_reasons = tuple(d.reason if d is not None else None for d in denials)
         for i, (message, denial) in enumerate(zip(messages, denials, strict=True)):
             if denial is None:
                 kept.append(message.raw)

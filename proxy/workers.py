@@ -53,7 +53,7 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -287,6 +287,9 @@ async def _work(index: int, channel: _Channel) -> int:
     options = {str(k): v if isinstance(v, str) else None for k, v in hello["options"].items()}
     try:
         settings = from_options(options)
+        if settings.decision_log not in (None, "-"):
+            # One file per worker: rotation renames files, which processes cannot share.
+            settings = replace(settings, decision_log=f"{settings.decision_log}.w{index}")
         logs.setup(settings.log_level)
         for handler in logging.getLogger().handlers:
             handler.addFilter(_WorkerTag(index))

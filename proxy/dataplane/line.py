@@ -79,6 +79,7 @@ from proxy.protocols.sse import (
     event_fields,
     split_events,
 )
+from proxy.record import DecisionLog, decisions_of
 from proxy.rewrite import (
     ANY_ID,
     dumps,
@@ -146,7 +147,9 @@ class RequestLine:
         gate: Gate,
         metrics: Metrics,
         telemetry: Telemetry | None = None,
+        decisions: DecisionLog | None = None,
     ) -> None:
+        self._decisions = decisions
         self._metrics = metrics
         self._telemetry = telemetry or Telemetry()
         self._settings = settings
@@ -401,6 +404,8 @@ class RequestLine:
             self._metadata_url(request, self._gate.identity().resource_metadata),
         )
         verdict = await self._gate.admit(exchange, legacy.session if legacy is not None else None)
+        if self._decisions is not None:
+            self._decisions.write(decisions_of(exchange, verdict, time.time()))
         if trace is not NOOP:
             trace.decided(decision_attributes(verdict))
         if isinstance(verdict, Refusal):

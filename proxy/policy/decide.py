@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
 
 from proxy.errors import E
 from proxy.policy.limits import UNLIMITED, Call, Limits
@@ -83,12 +82,27 @@ def _count(limit: int | None) -> int:
     return UNLIMITED if limit is None else limit
 
 
-@lru_cache(maxsize=256)
+_LIMITS: dict[int, tuple[Rules, Limits]] = {}
+
+
 def limits_for(rules: Rules) -> Limits:
-    """The store's view of a policy's limits (cached: rules are immutable values).
+    """The store's view of a policy's limits, made once per rules object (rules are
+    immutable and live as long as their policy; keyed by identity, since hashing a rules
+    value walks all of it on every request).
 
     A limit the policy leaves unset (None) is not limited: the store gets ``UNLIMITED``.
     """
+    hit = _LIMITS.get(id(rules))
+    if hit is not None and hit[0] is rules:
+        return hit[1]
+    if len(_LIMITS) >= 1024:  # policies reloaded many times: forget the old ones
+        _LIMITS.clear()
+    limits = _limits_of(rules)
+    _LIMITS[id(rules)] = (rules, limits)
+    return limits
+
+
+def _limits_of(rules: Rules) -> Limits:
     return Limits(
         ttl=rules.session.ttl,
         idle_timeout=rules.session.idle_timeout,
