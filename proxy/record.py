@@ -54,6 +54,9 @@ class Decision:
         doc = json.loads(line)
         if not isinstance(doc, dict):
             raise ValueError("not a JSON object")
+        if doc.keys() == _FIELDS and _well_typed(doc):  # what this module writes, read fast
+            doc["scopes"] = tuple(doc["scopes"])
+            return cls(**doc)
         try:
             return cls(
                 ts=float(doc["ts"]),
@@ -71,6 +74,21 @@ class Decision:
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"missing or malformed field: {exc}") from None
+
+
+_FIELDS = frozenset(Decision.__dataclass_fields__)
+_TEXT = ("agent", "protocol", "method", "policy", "mode", "decision")
+_OPTIONAL_TEXT = ("session", "kind", "tool", "reason")
+
+
+def _well_typed(doc: dict[str, Any]) -> bool:
+    return (
+        type(doc["ts"]) in (int, float)
+        and all(type(doc[k]) is str for k in _TEXT)
+        and all(doc[k] is None or type(doc[k]) is str for k in _OPTIONAL_TEXT)
+        and type(doc["scopes"]) is list
+        and all(type(s) is str for s in doc["scopes"])
+    )
 
 
 def _opt_str(value: object) -> str | None:
