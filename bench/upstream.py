@@ -140,7 +140,7 @@ Call = Callable[[str, bytes | None], Awaitable[bytes]]
 
 
 class AiohttpClient:
-    """As proxy/app.py builds it, and as forward.py calls it (a deadline per request)."""
+    """As proxy/app.py builds it and proxy/dataplane/line.py calls it (a deadline per call)."""
 
     def __init__(self, base: str) -> None:
         self.base = base
