@@ -19,7 +19,7 @@ from proxy.admin_token import AdminLock, TokenFileError
 from proxy.app import ProxyListener, Runtime, build_admin_app, services
 from proxy.config import ConfigError, Settings, env_name, from_options
 from proxy.inject import cli as inject_cli
-from proxy.policy import DEFAULT_POLICY, PolicyError, check_files, load_policy
+from proxy.policy import DEFAULT_POLICY, PolicyError, PolicyFile, check_file, load_policy_checked
 from proxy.sessions import SessionStore, open_store
 from proxy.telemetry import Telemetry
 
@@ -98,6 +98,11 @@ def _parser() -> argparse.ArgumentParser:
         )
     check = sub.add_parser("check", help="validate policy files")
     check.add_argument("files", nargs="+", metavar="FILE")
+    check.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail (exit 1) on warnings too: rules that never apply",
+    )
     tools_cli.add_explain(sub)
     tools_cli.add_replay(sub)
     webhook = sub.add_parser("webhook", help="serve the Kubernetes sidecar-injection webhook")
@@ -114,14 +119,18 @@ def _options(args: argparse.Namespace) -> dict[str, str | None]:
     return merged
 
 
-def _check(files: Sequence[str]) -> int:
-    problems = check_files(files)
-    for line in problems:
-        print(line)
-    if not problems:
-        for name in files:
+def _check(files: Sequence[str], *, strict: bool = False) -> int:
+    """Per file, its problems and its warnings, or ``FILE: ok``; 1 when a file has a
+    problem (or, ``strict``, a warning)."""
+    failed = False
+    for name in files:
+        problems, warnings = check_file(name)
+        for problem in (*problems, *warnings):
+            print(problem)
+        if not (problems or warnings):
             print(f"{name}: ok")
-    return 1 if problems else 0
+        failed = failed or bool(problems) or (strict and bool(warnings))
+    return 1 if failed else 0
 
 
 async def _serve(settings: Settings, runtime: Runtime) -> None:
@@ -175,11 +184,22 @@ def _store(settings: Settings) -> SessionStore:
         raise ConfigError(f"--store: {exc}") from None
 
 
+def _load_policy(path: str) -> PolicyFile:
+    """The policy file; its warnings (what `check` warns of) logged, one line each."""
+    policy, warnings = load_policy_checked(path)
+    for warning in warnings:
+        log.warning(
+            "policy warning",
+            extra={"path": warning.file, "line": warning.line, "warning": str(warning)},
+        )
+    return policy
+
+
 def _run(args: argparse.Namespace) -> int:
     options = _options(args)
     settings = from_options(options)
     logs.setup(settings.log_level)
-    policy = load_policy(settings.policy) if settings.policy else DEFAULT_POLICY
+    policy = _load_policy(settings.policy) if settings.policy else DEFAULT_POLICY
     lock = AdminLock(settings.admin_token_file)
     try:
         lock.load()
@@ -207,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "check":
-            return _check(args.files)
+            return _check(args.files, strict=args.strict)
         if args.command == "webhook":
             return inject_cli.run(args)
         if args.command == "explain":

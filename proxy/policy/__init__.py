@@ -1,6 +1,15 @@
 """Session policies: the YAML model, its loading and validation (pure)."""
 
-from proxy.policy.load import PolicyError, Problem, check_files, load_policy, parse_policy
+from proxy.policy.load import (
+    PolicyError,
+    Problem,
+    check_file,
+    check_files,
+    load_policy,
+    load_policy_checked,
+    parse_policy,
+    parse_policy_checked,
+)
 from proxy.policy.model import (
     DEFAULT_POLICY,
     DEFAULT_POLICY_NAME,
@@ -47,7 +56,10 @@ __all__ = [
     "Rules",
     "SessionRules",
     "StoreFailure",
+    "check_file",
     "check_files",
     "load_policy",
+    "load_policy_checked",
     "parse_policy",
+    "parse_policy_checked",
 ]

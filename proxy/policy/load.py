@@ -82,6 +82,7 @@ from yaml.nodes import CollectionNode, MappingNode, Node, ScalarNode, SequenceNo
 from proxy.durations import DURATION_HINT, DURATION_RE, parse_duration
 from proxy.files import FileTooLarge, NotRegularFile, read_bounded
 from proxy.policy.globs import glob_problem
+from proxy.policy.lint import Written, lint
 from proxy.policy.model import (
     ANY_ORIGIN,
     DEFAULT_POLICY_NAME,
@@ -121,12 +122,15 @@ __all__ = [
     "URL_RE",
     "PolicyError",
     "Problem",
+    "check_file",
     "check_files",
     "key_paths",
     "load_policy",
+    "load_policy_checked",
     "parse_duration",
     "parse_policy",
     "parse_policy_bytes",
+    "parse_policy_checked",
     "read_policy_file",
 ]
 
@@ -171,8 +175,12 @@ class Problem:
     line: int
     """1-based; 0 when the problem concerns the whole file (e.g. it cannot be read)."""
     message: str
+    warning: bool = False
+    """A mistake in a valid file (``check``'s warnings, ``proxy.policy.lint``), not an error."""
 
     def __str__(self) -> str:
+        if self.warning:
+            return f"{self.file}:{self.line}: warning: {self.message}"
         return f"{self.file}:{self.line}: {self.message}"
 
 
@@ -196,12 +204,20 @@ class _Skip(Enum):
 _SKIP = _Skip.SKIP
 
 
-class _Partial(dict[str, Any]):
-    """The keys a section sets, with the line of each key."""
+class _Lined(dict[str, Any]):
+    """Keys and their values, with the line of each key."""
 
     def __init__(self) -> None:
         super().__init__()
         self.lines: dict[str, int] = {}
+
+
+class _Partial(_Lined):
+    """The keys a section sets, with the line of each key (and of each item of a list)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.item_lines: dict[str, tuple[int, ...]] = {}
 
 
 class _Limit(Exception):
@@ -399,19 +415,19 @@ class _IntMap(_Spec):
     def check(self, ctx: _Ctx, node: Node, path: str) -> object:
         if not isinstance(node, MappingNode):
             return ctx.wrong_type(node, path, "a mapping of names to limits")
-        out: dict[str, int] = {}
+        out = _Lined()  # the lines are kept for `check`'s warnings
         ok = True
-        for key, value_node, _ in _mapping_items(ctx, node, path):
+        for key, value_node, key_line in _mapping_items(ctx, node, path):
             if not key:
                 ctx.report(value_node, path, "empty name")
                 ok = False
                 continue
             value = _LIMIT.parse(ctx, value_node, _join(path, key))
             if isinstance(value, int):
-                out[key] = value
+                out[key], out.lines[key] = value, key_line
             else:
                 ok = False
-        return MappingProxyType(out) if ok else _SKIP
+        return out if ok else _SKIP
 
 
 class _ClaimMap(_Spec):
@@ -486,6 +502,8 @@ class _Section(_Spec):
             value = spec.parse(ctx, value_node, key_path)
             if value is not _SKIP:
                 out[key] = value
+                if isinstance(value_node, SequenceNode):
+                    out.item_lines[key] = tuple(_line(item) for item in value_node.value)
         for key in self.required:
             if key not in out.lines:
                 ctx.report(node, path, f"missing required key '{key}'")
@@ -1125,6 +1143,25 @@ def parse_policy(text: str, filename: str) -> PolicyFile:
 
     Never raises anything else for any input: bounds crossed are problems too.
     """
+    return _guarded(text, filename)[0]
+
+
+def parse_policy_checked(text: str, filename: str) -> tuple[PolicyFile, tuple[Problem, ...]]:
+    """The policy in ``text`` and its warnings (``Problem.warning``: rules that can never
+    apply, ``proxy.policy.lint``), sorted by line; raises PolicyError as ``parse_policy``
+    does. Warnings are worked out only for a valid file."""
+    policy, top = _guarded(text, filename)
+    if top is None:
+        return policy, ()
+    try:
+        findings = lint(policy, _written(top.get("defaults"), "defaults"), _written_policies(top))
+    except Exception as exc:  # a bug of the linter: one warning, never a traceback
+        message = f"cannot look for rules that can never apply: {type(exc).__name__}"
+        return policy, (Problem(filename, 0, message, warning=True),)
+    return policy, tuple(Problem(filename, f.line, f.message, warning=True) for f in findings)
+
+
+def _guarded(text: str, filename: str) -> tuple[PolicyFile, _Partial | None]:
     try:
         return _parse(text, filename)
     except _Limit as exc:
@@ -1135,7 +1172,8 @@ def parse_policy(text: str, filename: str) -> PolicyFile:
         ) from None
 
 
-def _parse(text: str, filename: str) -> PolicyFile:
+def _parse(text: str, filename: str) -> tuple[PolicyFile, _Partial | None]:
+    """The policy, and the checked tree it was built from (None for an empty file)."""
     try:
         root = _compose(text, filename, _LOADER)
     except yaml.YAMLError:
@@ -1144,7 +1182,7 @@ def _parse(text: str, filename: str) -> PolicyFile:
         except yaml.YAMLError as exc:
             raise PolicyError([_yaml_problem(filename, text, exc)]) from None
     if root is None or _is_null(root):
-        return PolicyFile(source=filename)
+        return PolicyFile(source=filename), None
     ctx = _Ctx(filename)
     top = _FILE.parse(ctx, root, "")
     if isinstance(top, _Partial):
@@ -1153,19 +1191,49 @@ def _parse(text: str, filename: str) -> PolicyFile:
     if ctx.problems or not isinstance(top, _Partial):
         raise PolicyError(sorted(ctx.problems, key=lambda p: p.line))
     try:
-        return _build(top, filename)
+        return _build(top, filename), top
     except ValueError as exc:  # the model refusing what checking let through: a loader bug
         raise PolicyError([Problem(filename, 0, f"invalid policy: {exc}")]) from None
 
 
-def parse_policy_bytes(data: bytes, filename: str) -> PolicyFile:
-    """The policy in a file's bytes (UTF-8); raises PolicyError as ``parse_policy`` does."""
+def _written(section: object, path: str) -> Written:
+    """Where ``section`` (a checked ``defaults`` or policy) set each key, for ``lint``."""
+    if not isinstance(section, _Partial):
+        return Written(path)
+    keys: dict[str, int] = {}
+    items: dict[str, tuple[int, ...]] = {}
+    budgets: dict[str, int] = {}
+    todo: list[tuple[str, _Partial]] = [("", section)]
+    while todo:
+        prefix, partial = todo.pop()
+        for key, value in partial.items():
+            key_path = _join(prefix, key)
+            keys[key_path] = partial.lines[key]
+            if key in partial.item_lines:
+                items[key_path] = partial.item_lines[key]
+            if isinstance(value, _Partial):
+                todo.append((key_path, value))
+            elif key_path == "budget.tools" and isinstance(value, _Lined):
+                budgets = dict(value.lines)
+    line = section.lines.get("name", min(section.lines.values(), default=0))
+    return Written(path, line, keys, items, budgets)
+
+
+def _written_policies(top: _Partial) -> list[Written]:
+    return [_written(p, f"policies[{i}]") for i, p in enumerate(top.get("policies", ()))]
+
+
+def _decode(data: bytes, filename: str) -> str:
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise PolicyError([Problem(filename, line, "not UTF-8 text")]) from None
-    return parse_policy(text, filename)
+
+
+def parse_policy_bytes(data: bytes, filename: str) -> PolicyFile:
+    """The policy in a file's bytes (UTF-8); raises PolicyError as ``parse_policy`` does."""
+    return parse_policy(_decode(data, filename), filename)
 
 
 _FILE_KINDS = {
@@ -1213,22 +1281,34 @@ def read_policy_file(path: str | Path) -> bytes:
 def load_policy(path: str | Path) -> PolicyFile:
     """The policy in the file at ``path``; raises PolicyError (line 0 if unreadable)."""
     name = str(path)
+    return parse_policy_bytes(_read_or_raise(path), name)
+
+
+def load_policy_checked(path: str | Path) -> tuple[PolicyFile, tuple[Problem, ...]]:
+    """The policy in the file at ``path`` and its warnings (``parse_policy_checked``)."""
+    name = str(path)
+    return parse_policy_checked(_decode(_read_or_raise(path), name), name)
+
+
+def _read_or_raise(path: str | Path) -> bytes:
     try:
-        data = read_policy_file(path)
+        return read_policy_file(path)
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        raise PolicyError([Problem(name, 0, f"cannot read policy file: {reason}")]) from None
-    return parse_policy_bytes(data, name)
+        raise PolicyError([Problem(str(path), 0, f"cannot read policy file: {reason}")]) from None
+
+
+def check_file(path: str) -> tuple[tuple[Problem, ...], tuple[Problem, ...]]:
+    """The problems (errors) of the file at ``path`` and, when it has none, its warnings."""
+    try:
+        return (), load_policy_checked(path)[1]
+    except PolicyError as exc:
+        return exc.problems, ()
+    except Exception as exc:  # a loader bug: still one line, never a traceback
+        return (Problem(path, 0, f"cannot check: {type(exc).__name__}"),), ()
 
 
 def check_files(paths: Sequence[str]) -> list[str]:
-    """``file:line: message`` for every problem in ``paths``; empty when all are valid."""
-    out: list[str] = []
-    for path in paths:
-        try:
-            load_policy(path)
-        except PolicyError as exc:
-            out.extend(str(p) for p in exc.problems)
-        except Exception as exc:  # a loader bug: still one line, never a traceback
-            out.append(str(Problem(path, 0, f"cannot check: {type(exc).__name__}")))
-    return out
+    """``file:line: message`` for every problem in ``paths``; empty when all are valid.
+    Warnings are not problems here: ``check_file`` has them."""
+    return [str(p) for path in paths for p in check_file(path)[0]]

@@ -103,6 +103,73 @@ def test_check_command_exit_codes(tmp_path: Path) -> None:
     assert "per_minute" in failed.stdout  # did you mean
 
 
+# Valid, with one mistake of each kind `check` warns of: a policy shadowed by an earlier
+# catch-all, a budget for a tool the same policy denies.
+SHADOWED = """\
+version: 1
+policies:
+  - name: everyone
+    match: {agents: ["*"]}
+  - name: billing
+    match: {agents: ["billing-*"]}
+    budget: {tools: {delete_admin: 1}}
+    tools: {deny: ["*_admin"]}
+"""
+
+
+def test_check_prints_warnings_and_exits_zero_strict_exits_one(tmp_path: Path) -> None:
+    warned = tmp_path / "warned.yaml"
+    warned.write_text(SHADOWED)
+    good = tmp_path / "good.yaml"
+    good.write_text("version: 1\n")
+    expected = [
+        f"{warned}:6: warning: policies[1].match: policy 'billing' can never apply: policy "
+        "'everyone' (line 3) comes first and matches every caller 'billing' matches",
+        f"{warned}:7: warning: policies[1].budget.tools.delete_admin: policy 'billing' sets a "
+        "budget for tool 'delete_admin', which it never lets through: tools.deny '*_admin' "
+        "denies it",
+        f"{good}: ok",
+    ]
+
+    plain = run_cli("check", str(warned), str(good))
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    assert plain.stdout.splitlines() == expected
+    assert plain.stderr == ""
+
+    strict = run_cli("check", "--strict", str(warned), str(good))
+    assert strict.returncode == 1
+    assert strict.stdout.splitlines() == expected
+
+    clean = run_cli("check", "--strict", str(good))
+    assert clean.returncode == 0
+    assert clean.stdout.splitlines() == [f"{good}: ok"]
+
+
+def test_check_keeps_errors_and_warnings_apart(tmp_path: Path) -> None:
+    warned = tmp_path / "warned.yaml"
+    warned.write_text(SHADOWED)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\ndefaults:\n  rate_limit:\n    per_minit: 5\n")
+    result = run_cli("check", str(bad), str(warned))
+    assert result.returncode == 1  # an error, whatever the warnings
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"{bad}:4: defaults.rate_limit.per_minit: unknown key")
+    assert [line.split(": ")[1] for line in lines[1:]] == ["warning", "warning"]
+    assert all(line.startswith(f"{warned}:") for line in lines[1:])
+
+
+def test_run_logs_the_policy_warnings_at_start(run_proxy: RunProxy, tmp_path: Path) -> None:
+    policy = tmp_path / "warned.yaml"
+    policy.write_text(SHADOWED)
+    proxy = run_proxy("http://127.0.0.1:1", "--policy", str(policy))
+    warned = [line for line in proxy.log_lines() if line.get("msg") == "policy warning"]
+    assert [(w["level"], w["path"], w["line"]) for w in warned] == [
+        ("warning", str(policy), 6),
+        ("warning", str(policy), 7),
+    ]
+    assert warned[0]["warning"].startswith(f"{policy}:6: warning: policies[1].match: ")
+
+
 def test_module_and_console_script_are_the_same_program() -> None:
     script = Path(sys.executable).with_name("agent-warden")
     if not script.exists():
