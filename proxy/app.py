@@ -390,7 +390,12 @@ async def services(runtime: Runtime) -> AsyncIterator[None]:
         def failed(_: PolicyError) -> None:
             runtime.metrics.policy_reloads.inc(ReloadResult.FAILURE)
 
-        watcher = PolicyWatcher(path, changed, failed)
+        watcher = current = PolicyWatcher(path, changed, failed)
+        # Read from the watcher, not counted in the callbacks: a bad edit reverted to the
+        # content in force is no reload (no callback), yet it clears ``last_error``.
+        runtime.metrics.policy_file_valid.set_function(
+            lambda: 0.0 if current.last_error is not None else 1.0
+        )
         await watcher.start()
         started = True
         runtime.set_policy(runtime.policy, watcher.sha256 or "")

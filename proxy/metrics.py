@@ -562,6 +562,9 @@ MERGE_RULES: Mapping[str, Merge] = {
     "agent_warden_sessions_live": Merge.FIRST,
     # Every process watches the same file: one edit is one reload, not one per process.
     "agent_warden_policy_reloads_total": Merge.MAX,
+    # Every worker reads the same file (the supervisor reports none): 1 once one of them
+    # has loaded the current version; all of them agree within a polling interval.
+    "agent_warden_policy_file_valid": Merge.MAX,
     # Info gauges stay 1; a policy or build some process does not share shows as a
     # second series.
     "agent_warden_policy_info": Merge.MAX,
@@ -640,6 +643,13 @@ class Metrics:
                 "agent_warden_policy_reloads_total",
                 "Policy file reloads, by result (a failure keeps the last good policy).",
                 ("result",),
+            )
+        )
+        self.policy_file_valid = r.register(
+            GaugeFunc(
+                "agent_warden_policy_file_valid",
+                "1 when the policy file on disk loads, 0 when the last attempt to load it "
+                "failed (the last good policy stays in force); absent without a policy file.",
             )
         )
         self.policy_info = r.register(

@@ -191,3 +191,59 @@ async def test_live_sessions_keep_their_counters_across_a_reload(
         if line.get("msg") == "request denied" and line.get("session") == session
     ]
     assert (record["limit_value"], record["used"]) == (4, 4)
+
+
+VALID = "agent_warden_policy_file_valid"
+
+
+async def file_valid(target: Target) -> float:
+    """The gauge's one sample (it must be there: the proxy runs with a policy file)."""
+    [(labels, value)] = (await scrape(target.proxy)).series(VALID)
+    assert labels == {}
+    return value
+
+
+async def test_file_valid_gauge_follows_a_bad_edit_and_its_revert(
+    target: Target, policy_path: Path, web: httpx.AsyncClient
+) -> None:
+    assert await file_valid(target) == 1
+    good = policy_text()  # what the fixture wrote, in force
+
+    write_policy(policy_path, INVALID)
+    await eventually(lambda: reloads(target, "failure"))
+    assert await file_valid(target) == 0
+    # The last good policy still serves.
+    raw = target.raw(web, fresh("reload"))
+    session = await raw.initialize()
+    assert (await raw.echo(session, "still")).tool_text() == "still"
+
+    # Reverted to the very content in force: no reload happens, yet the file is valid again.
+    write_policy(policy_path, good)
+
+    async def valid_again() -> bool:
+        return await file_valid(target) == 1
+
+    await eventually(valid_again)
+    assert await reloads(target, "success") == 0
+    assert await reloads(target, "failure") == 1
+
+    # A forced reload of a bad file is a failed attempt too; a new valid version is 1 again.
+    write_policy(policy_path, INVALID)
+    target.proxy.proc.send_signal(signal.SIGHUP)
+
+    async def invalid_again() -> bool:
+        return await file_valid(target) == 0
+
+    await eventually(invalid_again)
+    write_policy(policy_path, policy_text(calls=7))
+    await eventually(lambda: reloads(target, "success"))
+    assert await file_valid(target) == 1
+
+
+async def test_file_valid_gauge_is_absent_without_a_policy_file(
+    run_proxy: RunProxy, mcp_upstream: str
+) -> None:
+    proxy = run_proxy(mcp_upstream)
+    exposition = await scrape(proxy)
+    assert exposition.series(VALID) == []
+    assert VALID in exposition.types

@@ -260,6 +260,7 @@ def test_the_proxys_instruments_render_as_strict_exposition() -> None:
         "agent_warden_sessions_opened_total": ("counter", ("protocol",)),
         "agent_warden_sessions_closed_total": ("counter", ("cause",)),
         "agent_warden_policy_reloads_total": ("counter", ("result",)),
+        "agent_warden_policy_file_valid": ("gauge", ()),
         "agent_warden_limits_tripped_total": ("counter", ("limit",)),
         "agent_warden_policy_info": ("gauge", ("source", "sha256")),
         "agent_warden_build_info": ("gauge", ("version",)),

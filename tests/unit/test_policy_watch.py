@@ -160,6 +160,29 @@ async def test_an_invalid_edit_is_reported_once_and_the_last_good_policy_stays(
     assert w.watcher.last_error is None
 
 
+async def test_a_bad_edit_reverted_clears_last_error_without_a_reload(
+    watch: Callable[..., Watch], reads: list[str]
+) -> None:
+    """What ``agent_warden_policy_file_valid`` reads: the content in force written back is
+    no reload (no callback), yet the file is valid again."""
+    w = watch(interval=NEVER)
+    await w.watcher.start()
+    good = w.watcher.sha256
+
+    write(w.path, BAD)
+    await w.watcher.check()
+    assert w.watcher.last_error is w.seen.errors[0]
+
+    write(w.path, text(1))  # the very content in force
+    before = len(reads)
+    await w.watcher.check()
+    assert len(reads) == before + 1
+    assert w.watcher.last_error is None
+    assert w.watcher.sha256 == good
+    assert w.seen.calls == [1]  # no on_change: nothing to apply
+    assert len(w.seen.errors) == 1
+
+
 async def test_a_configmap_symlink_swap_is_detected(
     watch: Callable[..., Watch], tmp_path: Path
 ) -> None:
