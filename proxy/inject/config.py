@@ -22,6 +22,8 @@ from proxy.config import PROTOCOLS, ConfigError
 
 __all__ = [
     "DNS_SUBDOMAIN_RE",
+    "MISSING_OBJECTS",
+    "PRE_STOP_ACTIONS",
     "InjectConfig",
     "load_config",
     "parse_config",
@@ -36,6 +38,12 @@ _QUANTITY_RE = re.compile(
     r"([KMGTPE]i|[numkMGTPE]|[eE][+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+))?"
 )
 _ENV_SOURCES = ("fieldRef", "resourceFieldRef", "configMapKeyRef", "secretKeyRef")
+# What the webhook does when an object the sidecar needs is missing from the pod's namespace:
+# inject: do not look (the pod waits for it); skip: no sidecar, a warning; deny: refuse the pod.
+MISSING_OBJECTS = ("inject", "skip", "deny")
+# How the preStop hook waits: the kubelet's sleep action (Kubernetes 1.30+), or an exec of
+# the sidecar image's own Python (no shell needed; any version).
+PRE_STOP_ACTIONS = ("sleep", "exec")
 
 
 def _default_resources() -> dict[str, dict[str, str]]:
@@ -60,6 +68,13 @@ class InjectConfig:
     # The Secret (in the pod's namespace) holding the sidecar's admin API token; "": none.
     admin_token_secret: str = "agent-warden-admin-token"
     admin_token_key: str = "token"
+    # Seconds the sidecar (and the app, see app_pre_stop) keep serving after the pod starts
+    # terminating, before SIGTERM: the time endpoints take to drop the pod. 0: no preStop.
+    drain_delay_seconds: int = 5
+    pre_stop_action: str = "sleep"
+    # The app's container, when it has no preStop of its own, gets the same sleep (sleep only).
+    app_pre_stop: bool = True
+    missing_objects: str = "inject"
 
     @property
     def image_ref(self) -> str:
@@ -220,6 +235,16 @@ _KEYS: dict[str, tuple[str, _Check]] = {
         _scalar(str, "a string", _secret_name_or_empty),
     ),
     "adminTokenKey": ("admin_token_key", _scalar(str, "a string", _secret_key)),
+    "drainDelaySeconds": (
+        "drain_delay_seconds",
+        _scalar(int, "an integer", lambda v: None if v >= 0 else f"must be at least 0, got {v}"),
+    ),
+    "preStopAction": (
+        "pre_stop_action",
+        _scalar(str, "a string", _one_of(*PRE_STOP_ACTIONS)),
+    ),
+    "appPreStop": ("app_pre_stop", _scalar(bool, "a boolean")),
+    "missingObjects": ("missing_objects", _scalar(str, "a string", _one_of(*MISSING_OBJECTS))),
 }
 
 

@@ -2,7 +2,9 @@
 
 Pure: no I/O, no aiohttp. The patch is minimal (only what changes, whole arrays and
 objects added where the pod has none) and deterministic (the same pod and configuration
-give the same bytes), and injecting the patched pod again gives no patch.
+give the same bytes), and injecting the patched pod again gives no patch. A decision to
+inject also names the objects the sidecar reads from the pod's namespace (``references``):
+the server may look them up before it answers (``proxy.inject.kube``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ __all__ = [
     "ADMIN_TOKEN_VOLUME",
     "ANNOTATION_PREFIX",
     "INJECT",
+    "INJECTED_LABEL",
     "POLICY_CONFIGMAP",
     "POLICY_DIR",
     "POLICY_VOLUME",
@@ -34,6 +37,7 @@ __all__ = [
     "UPSTREAM_PORT",
     "Decision",
     "PodError",
+    "Reference",
     "decide",
     "pointer",
     "port_name_ok",
@@ -45,6 +49,8 @@ UPSTREAM_PORT = ANNOTATION_PREFIX + "upstream-port"
 POLICY_CONFIGMAP = ANNOTATION_PREFIX + "policy-configmap"
 PROTOCOL = ANNOTATION_PREFIX + "protocol"
 STATUS = ANNOTATION_PREFIX + "status"
+# A label on every injected pod, for selectors: the chart's NetworkPolicy and PodMonitor.
+INJECTED_LABEL = ANNOTATION_PREFIX + "injected"
 
 SIDECAR_NAME = "agent-warden"
 POLICY_VOLUME = "agent-warden-policy"
@@ -70,12 +76,27 @@ class PodError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class Reference:
+    """An object the sidecar reads from the pod's namespace; the pod waits until it exists.
+
+    ``keys`` must be in it (a ConfigMap's ``data``/``binaryData``, a Secret's ``data``);
+    ``uses`` say what reads it, e.g. ``("policy",)`` or ``("env AGENT_WARDEN_STORE",)``.
+    """
+
+    kind: str  # "ConfigMap" or "Secret"
+    name: str
+    keys: tuple[str, ...]
+    uses: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     """What to do with one pod: a patch (empty: leave it alone), why, and user warnings."""
 
     patch: tuple[Mapping[str, Any], ...]
     reason: str
     warnings: tuple[str, ...] = ()
+    references: tuple[Reference, ...] = ()
 
     @property
     def injected(self) -> bool:
@@ -301,6 +322,8 @@ class _Injection:
             ops.extend({"op": "add", "path": "/spec/volumes/-", "value": s} for s in sources)
         else:
             ops.append({"op": "add", "path": "/spec/volumes", "value": sources})
+        app_ops, app_names = self._app_pre_stop_ops(upstream)
+        ops.extend(app_ops)
         ops.extend(self._grace_ops())
         status: dict[str, Any] = {
             "sidecar": SIDECAR_NAME,
@@ -310,12 +333,84 @@ class _Injection:
             "renamedPorts": renamed,
             "volumes": [str(s["name"]) for s in sources],
             "configMap": policy_map,
+            "drainDelaySeconds": self.config.drain_delay_seconds,
         }
         if token_volume is not None:
             status["adminTokenSecret"] = token_secret
+        if app_names:
+            status["appPreStop"] = app_names
         text = json.dumps(status, sort_keys=True, separators=(",", ":"))
-        ops.append(_annotation_op(self.pod, STATUS, text))
-        return Decision(tuple(ops), "injected")
+        ops.extend(_metadata_ops(self.pod, text))
+        return Decision(tuple(ops), "injected", references=self._references(policy_map))
+
+    def _references(self, policy_map: str) -> tuple[Reference, ...]:
+        """What the sidecar reads from the pod's namespace: policy, token, env sources."""
+        config = self.config
+        found: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
+
+        def need(kind: str, name: str, key: str, use: str) -> None:
+            keys, uses = found.setdefault((kind, name), ([], []))
+            if key not in keys:
+                keys.append(key)
+            if use not in uses:
+                uses.append(use)
+
+        need("ConfigMap", policy_map, config.policy_key, "policy")
+        if config.admin_token_secret:
+            need("Secret", config.admin_token_secret, config.admin_token_key, "admin token")
+        for var in config.env:
+            source = var.get("valueFrom")
+            if not isinstance(source, Mapping):
+                continue
+            for field_name, kind in (("configMapKeyRef", "ConfigMap"), ("secretKeyRef", "Secret")):
+                ref = source.get(field_name)
+                # An optional reference does not hold the pod: nothing to check.
+                if isinstance(ref, Mapping) and ref.get("optional") is not True:
+                    name, key = ref.get("name"), ref.get("key")
+                    if isinstance(name, str) and name and isinstance(key, str) and key:
+                        need(kind, name, key, f"env {var['name']}")
+        return tuple(
+            Reference(kind, name, tuple(keys), tuple(uses))
+            for (kind, name), (keys, uses) in found.items()
+        )
+
+    def _pre_stop(self) -> dict[str, Any] | None:
+        """The preStop handler that waits drainDelaySeconds, or None without a delay."""
+        seconds = self.config.drain_delay_seconds
+        if seconds <= 0:
+            return None
+        if self.config.pre_stop_action == "sleep":
+            return {"sleep": {"seconds": seconds}}
+        # No shell needed: the image's own interpreter (the entrypoint is a Python program).
+        return {"exec": {"command": ["python3", "-c", f"import time; time.sleep({seconds})"]}}
+
+    def _app_pre_stop_ops(self, upstream: int) -> tuple[list[dict[str, Any]], list[str]]:
+        """The app's container waits like the sidecar, so what reaches the proxy while the
+        endpoints converge still finds the app. Only with the sleep action (an exec would
+        need a program in the app's image), and never over a preStop the app has."""
+        config = self.config
+        handler = self._pre_stop()
+        if handler is None or not config.app_pre_stop or config.pre_stop_action != "sleep":
+            return [], []
+        serving = sorted(
+            {i for i, _, port in self.pod.ports() if port["containerPort"] == upstream}
+        )
+        if not serving and len(self.pod.containers) == 1:
+            serving = [0]  # the only container: the app, whether or not it declares the port
+        ops: list[dict[str, Any]] = []
+        names: list[str] = []
+        for i in serving:
+            container = self.pod.containers[i]
+            lifecycle = container.get("lifecycle")
+            if lifecycle is None:
+                path, value = pointer("spec", "containers", i, "lifecycle"), {"preStop": handler}
+            elif isinstance(lifecycle, Mapping) and lifecycle.get("preStop") is None:
+                path, value = pointer("spec", "containers", i, "lifecycle", "preStop"), handler
+            else:
+                continue  # the app's own preStop decides
+            ops.append({"op": "add", "path": path, "value": value})
+            names.append(str(container["name"]))
+        return ops, names
 
     def _take_over_ports(
         self, upstream: int
@@ -342,8 +437,10 @@ class _Injection:
         return ops, renamed, (proxy_name, admin_name)
 
     def _grace_ops(self) -> list[dict[str, Any]]:
-        """Room for the drain: only when the pod's (or Kubernetes' default) grace is shorter."""
-        needed = self.config.drain_seconds + GRACE_MARGIN_SECONDS
+        """Room for the delay and the drain: only when the pod's (or Kubernetes' default)
+        grace is shorter. It counts from the start of termination, preStop included."""
+        config = self.config
+        needed = config.drain_delay_seconds + config.drain_seconds + GRACE_MARGIN_SECONDS
         path = "/spec/terminationGracePeriodSeconds"
         grace = self.pod.spec.get("terminationGracePeriodSeconds")
         if grace is None and needed > DEFAULT_GRACE_SECONDS:
@@ -414,6 +511,11 @@ class _Injection:
                 "seccompProfile": {"type": "RuntimeDefault"},
             },
         }
+        handler = self._pre_stop()
+        if handler is not None:
+            # Keeps the listener open while the endpoints drop the pod; SIGTERM (the drain)
+            # comes after it, and for a native sidecar only once the app has stopped.
+            container["lifecycle"] = {"preStop": handler}
         if config.native_sidecar:
             container["restartPolicy"] = "Always"
         return container
@@ -471,12 +573,21 @@ def _free_name(base: str, taken: set[str]) -> str:
     return next(f"{base}-{n}" for n in range(2, len(taken) + 3) if f"{base}-{n}" not in taken)
 
 
-def _annotation_op(pod: _Pod, key: str, value: str) -> dict[str, Any]:
+def _metadata_ops(pod: _Pod, status: str) -> list[dict[str, Any]]:
+    """The injected label and the status annotation, objects added whole where absent."""
     if "metadata" not in pod.raw or pod.raw["metadata"] is None:
-        return {"op": "add", "path": "/metadata", "value": {"annotations": {key: value}}}
-    if pod.metadata.get("annotations") is None:
-        return {"op": "add", "path": "/metadata/annotations", "value": {key: value}}
-    return {"op": "add", "path": pointer("metadata", "annotations", key), "value": value}
+        value = {"labels": {INJECTED_LABEL: "true"}, "annotations": {STATUS: status}}
+        return [{"op": "add", "path": "/metadata", "value": value}]
+    ops: list[dict[str, Any]] = []
+    for field_name, key, text in (
+        ("labels", INJECTED_LABEL, "true"),
+        ("annotations", STATUS, status),
+    ):
+        if pod.metadata.get(field_name) is None:
+            ops.append({"op": "add", "path": f"/metadata/{field_name}", "value": {key: text}})
+        else:
+            ops.append({"op": "add", "path": pointer("metadata", field_name, key), "value": text})
+    return ops
 
 
 def port_name_ok(name: str) -> bool:

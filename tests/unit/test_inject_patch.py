@@ -29,11 +29,13 @@ from proxy.inject.patch import (
     ADMIN_TOKEN_ENV,
     ADMIN_TOKEN_FILE,
     INJECT,
+    INJECTED_LABEL,
     SIDECAR_NAME,
     STATUS,
     UPSTREAM_PORT,
     Decision,
     PodError,
+    Reference,
     decide,
     pointer,
     port_name_ok,
@@ -106,6 +108,10 @@ def test_every_case_is_present() -> None:
         "grace-period",
         "no-admin-token",
         "operator-admin-token",
+        "drain-exec",
+        "app-own-prestop",
+        "app-poststart",
+        "no-drain-delay",
     }
     assert expected <= set(CASES)
 
@@ -258,12 +264,14 @@ def test_classic_sidecar_is_appended_with_config_env() -> None:
         "name": "OTEL_EXPORTER_OTLP_ENDPOINT",
         "value": "http://otel-collector.observability:4318",
     }
-    assert patched["spec"]["terminationGracePeriodSeconds"] == 45  # drainSeconds 40 + 5
+    # drainDelaySeconds 5 + drainSeconds 40 + 5 of margin
+    assert patched["spec"]["terminationGracePeriodSeconds"] == 50
 
 
 def test_grace_period_raised() -> None:
+    # 10 s is less than drainDelaySeconds 5 + drainSeconds 20 + 5 of margin.
     assert (
-        read_yaml(DATA / "grace-period.patched.yaml")["spec"]["terminationGracePeriodSeconds"] == 25
+        read_yaml(DATA / "grace-period.patched.yaml")["spec"]["terminationGracePeriodSeconds"] == 30
     )
 
 
@@ -436,6 +444,8 @@ def test_the_patch_is_minimal() -> None:
     assert [(op["op"], op["path"]) for op in ops] == [
         ("add", "/spec/initContainers"),
         ("add", "/spec/volumes"),
+        ("add", "/spec/containers/0/lifecycle"),
+        ("add", "/metadata/labels"),
         ("add", "/metadata/annotations/agent-warden.dev~1status"),
     ]
 
@@ -514,6 +524,10 @@ def test_full_config() -> None:
         env: [{name: A, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}]
         adminTokenSecret: warden-admin
         adminTokenKey: bearer
+        drainDelaySeconds: 7
+        preStopAction: exec
+        appPreStop: false
+        missingObjects: deny
         """
     )
     config = parse_config(text, "c.yaml")
@@ -533,6 +547,10 @@ def test_full_config() -> None:
         env=({"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},),
         admin_token_secret="warden-admin",
         admin_token_key="bearer",
+        drain_delay_seconds=7,
+        pre_stop_action="exec",
+        app_pre_stop=False,
+        missing_objects="deny",
     )
     assert config.image_ref == "r.example.com/aw:1.2"
 
@@ -564,6 +582,12 @@ def test_full_config() -> None:
             "c.yaml:2: env: [1]: duplicate name",
         ),
         ("adminPort: 15080\n", "c.yaml:1: adminPort: must differ from listenPort (15080)"),
+        ("drainDelaySeconds: -1\n", "c.yaml:1: drainDelaySeconds: must be at least 0, got -1"),
+        ("drainDelaySeconds: 5s\n", "c.yaml:1: drainDelaySeconds: expected an integer"),
+        ("preStopAction: shell\n", "c.yaml:1: preStopAction: expected one of sleep, exec"),
+        ("appPreStop: 'yes'\n", "c.yaml:1: appPreStop: expected a boolean"),
+        ("missingObjects: wait\n", "c.yaml:1: missingObjects: expected one of inject, skip, deny"),
+        ("missingObject: skip\n", "c.yaml:1: missingObject: unknown key, did you mean"),
         ("image: x\nimage: y\n", "c.yaml:2: image: duplicate key"),
         ("- a\n", "c.yaml:1: (top level): expected a mapping"),
         ("image: [\n", "c.yaml:2: invalid YAML"),
@@ -673,6 +697,8 @@ def test_existing_volumes_get_each_of_ours_appended() -> None:
         ("add", "/spec/initContainers"),
         ("add", "/spec/volumes/-"),
         ("add", "/spec/volumes/-"),
+        ("add", "/spec/containers/0/lifecycle"),
+        ("add", "/metadata/labels"),
         ("add", "/metadata/annotations/agent-warden.dev~1status"),
     ]
 
@@ -730,3 +756,169 @@ def test_admin_token_config_problems(text: str, expected: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(text, "c.yaml")
     assert str(info.value).startswith(expected), str(info.value)
+
+
+# --- the drain: preStop hooks and the grace period ---------------------------------------
+
+
+def test_defaults_of_the_drain_and_the_lookup() -> None:
+    config = InjectConfig()
+    assert config.drain_delay_seconds == 5
+    assert config.pre_stop_action == "sleep"
+    assert config.app_pre_stop is True
+    # The injector alone (no config) needs no Kubernetes API; the chart sets skip.
+    assert config.missing_objects == "inject"
+
+
+def test_the_sidecar_waits_before_sigterm_with_the_sleep_action() -> None:
+    """No shell in the image needed: the kubelet sleeps (Kubernetes 1.30+)."""
+    patched = read_yaml(DATA / "plain.patched.yaml")
+    sidecar = sidecar_of(patched)
+    assert sidecar["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
+    # The app waits as long, so what reaches the proxy meanwhile still finds it.
+    [app] = patched["spec"]["containers"]
+    assert app["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
+    status = json.loads(patched["metadata"]["annotations"][STATUS])
+    assert status["drainDelaySeconds"] == 5
+    assert status["appPreStop"] == ["server"]
+
+
+def test_the_exec_action_runs_the_images_own_python() -> None:
+    patched = read_yaml(DATA / "drain-exec.patched.yaml")
+    command = sidecar_of(patched)["lifecycle"]["preStop"]["exec"]["command"]
+    assert command == ["python3", "-c", "import time; time.sleep(8)"]
+    assert "sh" not in command[0]  # an argv, never a shell
+    # The app's image may have no program to run: the app is left alone with exec.
+    assert "lifecycle" not in patched["spec"]["containers"][0]
+    assert "appPreStop" not in json.loads(patched["metadata"]["annotations"][STATUS])
+    assert patched["spec"]["terminationGracePeriodSeconds"] == 8 + 20 + 5
+    # Valid for a cluster that predates the sleep action (classic sidecars on 1.28).
+    classic = replace(config_for("drain-exec"), native_sidecar=False)
+    original = read_yaml(DATA / "drain-exec.pod.yaml")
+    kubernetes_validate.validate(apply(original, decide(original, classic)), "1.28", strict=True)
+
+
+def test_the_apps_own_prestop_is_left_alone() -> None:
+    original = read_yaml(DATA / "app-own-prestop.pod.yaml")
+    patched = read_yaml(DATA / "app-own-prestop.patched.yaml")
+    assert (
+        patched["spec"]["containers"][0]["lifecycle"]
+        == (original["spec"]["containers"][0]["lifecycle"])
+    )
+    assert not [op for op in decide(original, InjectConfig()).patch if "lifecycle" in op["path"]]
+    # Its own grace period (60 s) is longer than what the drain needs: kept.
+    assert patched["spec"]["terminationGracePeriodSeconds"] == 60
+
+
+def test_the_prestop_joins_a_lifecycle_without_one() -> None:
+    patched = read_yaml(DATA / "app-poststart.patched.yaml")
+    server, shipper = patched["spec"]["containers"]
+    assert server["lifecycle"]["postStart"] == {"httpGet": {"path": "/warm", "port": 8000}}
+    assert server["lifecycle"]["preStop"] == {"sleep": {"seconds": 5}}
+    assert "lifecycle" not in shipper  # only the container serving the upstream port
+
+
+def test_no_drain_delay_adds_no_lifecycle() -> None:
+    patched = read_yaml(DATA / "no-drain-delay.patched.yaml")
+    assert "lifecycle" not in sidecar_of(patched)
+    assert "lifecycle" not in patched["spec"]["containers"][0]
+    assert patched["spec"]["terminationGracePeriodSeconds"] == 30 + 5
+
+
+def test_app_prestop_can_be_turned_off() -> None:
+    config = InjectConfig(app_pre_stop=False)
+    patched = apply(pod(), decide(pod(), config))
+    assert "lifecycle" not in patched["spec"]["containers"][0]
+    assert sidecar_of(patched)["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
+
+
+def test_only_containers_declaring_the_upstream_port_wait() -> None:
+    p = pod(
+        containers=[
+            {"name": "a", "image": "a", "ports": [{"containerPort": 80}]},
+            {"name": "b", "image": "b", "ports": [{"containerPort": 81}]},
+        ]
+    )
+    p["metadata"]["annotations"][UPSTREAM_PORT] = "81"
+    patched = apply(p, decide(p, InjectConfig()))
+    assert [c.get("lifecycle") for c in patched["spec"]["containers"]] == [
+        None,
+        {"preStop": {"sleep": {"seconds": 5}}},
+    ]
+    # A number no container declares, several containers: no way to tell the app.
+    p["metadata"]["annotations"][UPSTREAM_PORT] = "8000"
+    patched = apply(p, decide(p, InjectConfig()))
+    assert all("lifecycle" not in c for c in patched["spec"]["containers"])
+
+
+def test_the_grace_period_counts_the_delay_and_the_drain() -> None:
+    for delay, drain, grace in ((5, 20, None), (10, 20, 35), (0, 40, 45), (30, 1, 36)):
+        config = InjectConfig(drain_delay_seconds=delay, drain_seconds=drain)
+        patched = apply(pod(), decide(pod(), config))
+        assert patched["spec"].get("terminationGracePeriodSeconds") == grace, (delay, drain)
+
+
+@pytest.mark.parametrize("case", sorted(set(CASES) - NOT_INJECTED))
+def test_every_injected_pod_is_labelled(case: str) -> None:
+    """The label the chart's NetworkPolicy and PodMonitor select injected pods by."""
+    patched = read_yaml(DATA / f"{case}.patched.yaml")
+    assert patched["metadata"]["labels"][INJECTED_LABEL] == "true"
+    original = read_yaml(DATA / f"{case}.pod.yaml")
+    for key, value in (original["metadata"].get("labels") or {}).items():
+        assert patched["metadata"]["labels"][key] == value  # the pod's own labels kept
+
+
+def test_a_pod_without_metadata_gets_label_and_status_in_one_object() -> None:
+    p = pod()
+    del p["metadata"]
+    ops = decide(p, InjectConfig(inject_by_default=True)).patch
+    [meta] = [op for op in ops if op["path"] == "/metadata"]
+    assert meta["value"]["labels"] == {INJECTED_LABEL: "true"}
+    assert set(meta["value"]["annotations"]) == {STATUS}
+
+
+# --- what the sidecar reads from the pod's namespace --------------------------------------
+
+
+def test_references_of_a_default_injection() -> None:
+    decision = decide(pod(), InjectConfig())
+    assert decision.references == (
+        Reference("ConfigMap", "agent-warden-policy", ("policy.yaml",), ("policy",)),
+        Reference("Secret", "agent-warden-admin-token", ("token",), ("admin token",)),
+    )
+
+
+def test_references_follow_the_annotation_and_the_env() -> None:
+    config = parse_config(
+        textwrap.dedent(
+            """            adminTokenSecret: ""
+            policyKey: rules.yaml
+            env:
+              - {name: AGENT_WARDEN_STORE, valueFrom: {secretKeyRef: {name: store, key: url}}}
+              - {name: PASSWORD, valueFrom: {secretKeyRef: {name: store, key: password}}}
+              - {name: OPTIONAL, valueFrom: {secretKeyRef: {name: x, key: y, optional: true}}}
+              - {name: REGION, valueFrom: {configMapKeyRef: {name: site, key: region}}}
+              - {name: NODE, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}
+              - {name: PLAIN, value: "1"}
+            """
+        ),
+        "c.yaml",
+    )
+    p = pod()
+    p["metadata"]["annotations"]["agent-warden.dev/policy-configmap"] = "team-policy"
+    assert decide(p, config).references == (
+        Reference("ConfigMap", "team-policy", ("rules.yaml",), ("policy",)),
+        Reference(
+            "Secret",
+            "store",
+            ("url", "password"),
+            ("env AGENT_WARDEN_STORE", "env PASSWORD"),
+        ),
+        Reference("ConfigMap", "site", ("region",), ("env REGION",)),
+    )
+
+
+def test_a_pod_left_alone_references_nothing() -> None:
+    for case in sorted(NOT_INJECTED):
+        original = read_yaml(DATA / f"{case}.pod.yaml")
+        assert decide(original, config_for(case)).references == ()
