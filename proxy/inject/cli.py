@@ -15,6 +15,7 @@ from typing import NoReturn
 from proxy import logs
 from proxy.config import ConfigError, parse_address, seconds
 from proxy.inject.config import InjectConfig, load_config
+from proxy.inject.kube import IN_CLUSTER_CA, IN_CLUSTER_TOKEN, KubeAPI
 from proxy.inject.server import WebhookSettings, serve
 
 __all__ = ["DEFAULT_LISTEN", "add_arguments", "main", "run", "settings"]
@@ -40,6 +41,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-level", metavar="LEVEL", default="info", help="debug, info, warning or error"
     )
+    parser.add_argument(
+        "--kube-api",
+        metavar="URL",
+        help="the Kubernetes API server, for missingObjects skip or deny (default: in a pod, "
+        "https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT)",
+    )
+    parser.add_argument(
+        "--kube-token-file",
+        metavar="FILE",
+        help=f"its bearer token, re-read when it changes (default in a pod: {IN_CLUSTER_TOKEN})",
+    )
+    parser.add_argument(
+        "--kube-ca-file",
+        metavar="FILE",
+        help=f"the CA its certificate chains to (default in a pod: {IN_CLUSTER_CA})",
+    )
+    parser.add_argument(
+        "--kube-timeout",
+        metavar="DURATION",
+        default="2s",
+        help="time allowed for one lookup; past it the pod is injected unverified (default 2s)",
+    )
 
 
 def settings(args: argparse.Namespace) -> WebhookSettings:
@@ -47,13 +70,40 @@ def settings(args: argparse.Namespace) -> WebhookSettings:
     level = str(args.log_level).lower()
     if level not in _LEVELS:
         raise ConfigError(f"--log-level: expected {', '.join(_LEVELS)}, got {args.log_level!r}")
+    config = load_config(args.config) if args.config else InjectConfig()
     return WebhookSettings(
         listen=parse_address(args.listen, "--listen"),
         cert=args.cert,
         key=args.key,
-        config=load_config(args.config) if args.config else InjectConfig(),
+        config=config,
         cert_poll_seconds=seconds(args.cert_poll_interval, "--cert-poll-interval"),
+        kube=_kube(args, config),
     )
+
+
+def _kube(args: argparse.Namespace, config: InjectConfig) -> KubeAPI | None:
+    """The API server the lookups go to; None when missingObjects is inject."""
+    if config.missing_objects == "inject":
+        return None
+    timeout = seconds(args.kube_timeout, "--kube-timeout")
+    if args.kube_api:
+        return KubeAPI(
+            args.kube_api,
+            token_file=args.kube_token_file,
+            ca_file=args.kube_ca_file,
+            timeout=timeout,
+        )
+    api = KubeAPI.in_cluster(
+        token_file=args.kube_token_file or IN_CLUSTER_TOKEN,
+        ca_file=args.kube_ca_file or IN_CLUSTER_CA,
+        timeout=timeout,
+    )
+    if api is None:
+        raise ConfigError(
+            f"missingObjects: {config.missing_objects} looks objects up in the Kubernetes API: "
+            "run in a pod (KUBERNETES_SERVICE_HOST) or give --kube-api"
+        )
+    return api
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,8 +1,10 @@
 """The webhook over TLS: AdmissionReview v1 in, AdmissionReview v1 out, certificates reloaded.
 
-The injector never blocks a pod: whatever it cannot read or decide is answered with
-``allowed: true`` and a message; only a request that is not an AdmissionReview at all
-(no body, not JSON, no ``request.uid``) gets a 400.
+The injector never blocks a pod by accident: whatever it cannot read or decide is
+answered with ``allowed: true`` and a message; only a request that is not an
+AdmissionReview at all (no body, not JSON, no ``request.uid``) gets a 400. The one
+refusal is chosen: ``missingObjects: deny``, for a pod whose namespace lacks an object
+the sidecar needs (``proxy.inject.kube``). ``GET /metrics`` counts the answers.
 """
 
 from __future__ import annotations
@@ -23,15 +25,21 @@ from aiohttp import web
 from proxy import __version__
 from proxy.config import Address, ConfigError
 from proxy.inject.config import InjectConfig
-from proxy.inject.patch import PodError, decide
+from proxy.inject.kube import KubeAPI, ObjectCheck
+from proxy.inject.patch import Decision, PodError, decide
+from proxy.metrics import CONTENT_TYPE, Counter, Registry
 
 __all__ = [
     "ADMISSION_API_VERSION",
+    "OUTCOMES",
+    "Admission",
     "CertificateReloader",
+    "WebhookMetrics",
     "WebhookSettings",
     "admit",
     "build_app",
     "serve",
+    "verify",
 ]
 
 log = logging.getLogger("agent_warden.inject")
@@ -48,10 +56,62 @@ class WebhookSettings:
     config: InjectConfig
     cert_poll_seconds: float = 2.0
     shutdown_seconds: float = 5.0
+    # The API server, for missingObjects skip or deny; None: no lookups.
+    kube: KubeAPI | None = None
 
 
 class BadReview(ValueError):
     """A request that is not an AdmissionReview: answered 400 with this text."""
+
+
+# The ``outcome`` label of agent_warden_webhook_reviews_total.
+OUTCOMES = ("injected", "skipped", "warned", "missing", "denied", "invalid", "error")
+
+
+class WebhookMetrics:
+    """What the webhook answered, and what it could not verify: served at ``/metrics``."""
+
+    def __init__(self) -> None:
+        self.registry = Registry()
+        self.reviews = self.registry.register(
+            Counter(
+                "agent_warden_webhook_reviews_total",
+                "Admission reviews answered, by outcome: injected; skipped (nothing to do); "
+                "warned (not injected, with a warning); missing (not injected: an object the "
+                "sidecar needs is missing); denied (refused for the same reason, "
+                "missingObjects deny); invalid (not an AdmissionReview, 400); error.",
+                ["outcome"],
+            )
+        )
+        for outcome in OUTCOMES:
+            self.reviews.touch(outcome)
+        self.missing = self.registry.register(
+            Counter(
+                "agent_warden_webhook_missing_objects_total",
+                "Pods not injected, or refused, because their namespace lacks an object "
+                "(or a key of it) the sidecar needs.",
+                ["namespace", "kind", "name"],
+            )
+        )
+        self.lookup_errors = self.registry.register(
+            Counter(
+                "agent_warden_webhook_lookup_errors_total",
+                "Lookups of the sidecar's objects that got no answer; the pod was injected "
+                "unverified. Reasons: forbidden (a name outside the webhook's role), "
+                "unauthorized, timeout, unreachable, status, invalid, token.",
+                ["kind", "reason"],
+            )
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The AdmissionReview to send back, and what it was decided from."""
+
+    answer: dict[str, Any]
+    outcome: str
+    decision: Decision | None = None
+    namespace: str | None = None
 
 
 # --- the admission decision (no aiohttp) --------------------------------------------
@@ -69,8 +129,8 @@ def _status(message: str) -> dict[str, Any]:
     return {"status": {"status": "Success", "code": 200, "message": message}}
 
 
-def admit(review: object, config: InjectConfig) -> dict[str, Any]:
-    """The AdmissionReview answering ``review``; raises BadReview when it has no uid."""
+def admit(review: object, config: InjectConfig) -> Admission:
+    """The answer to ``review`` before any lookup; raises BadReview when it has no uid."""
     if not isinstance(review, Mapping):
         raise BadReview("expected an AdmissionReview JSON object")
     request = review.get("request")
@@ -89,18 +149,18 @@ def admit(review: object, config: InjectConfig) -> dict[str, Any]:
         or kind.get("group") not in ("", None)
     ):
         log.info("not a pod", extra={**where, "kind": kind})
-        return _response(uid, **_status("agent-warden injects pods only; nothing to do"))
+        message = "agent-warden injects pods only; nothing to do"
+        return Admission(_response(uid, **_status(message)), "skipped")
     operation = request.get("operation", "CREATE")
     if operation != "CREATE" or request.get("subResource"):
-        return _response(
-            uid, **_status(f"agent-warden injects on pod CREATE only; got {operation}")
-        )
+        message = f"agent-warden injects on pod CREATE only; got {operation}"
+        return Admission(_response(uid, **_status(message)), "skipped")
     try:
         decision = decide(request.get("object"), config)
     except PodError as exc:
         log.warning("malformed pod", extra={**where, "problem": str(exc)})
         message = f"agent-warden sidecar not injected: malformed pod: {exc}"
-        return _response(uid, warnings=[message], **_status(message))
+        return Admission(_response(uid, warnings=[message], **_status(message)), "warned")
     metadata = request["object"].get("metadata") or {}  # decide() has read the pod
     # A pod that asked for the sidecar and did not get it is worth the operator's attention.
     log.log(
@@ -120,13 +180,81 @@ def admit(review: object, config: InjectConfig) -> dict[str, Any]:
         fields["patch"] = base64.b64encode(decision.patch_json()).decode("ascii")
     if decision.warnings:
         fields["warnings"] = list(decision.warnings)
-    return _response(uid, **fields)
+    outcome = "injected" if decision.injected else "warned" if decision.warnings else "skipped"
+    namespace = request.get("namespace")
+    return Admission(
+        _response(uid, **fields),
+        outcome,
+        decision,
+        namespace if isinstance(namespace, str) and namespace else None,
+    )
+
+
+_MISSING_HINT = (
+    "create it there (the chart creates its objects in the namespaces of policy.namespaces), "
+    "then re-create the pod"
+)
+
+
+async def verify(
+    admission: Admission, config: InjectConfig, check: ObjectCheck, metrics: WebhookMetrics
+) -> Admission:
+    """An injecting answer, checked against the pod's namespace (``missingObjects``)."""
+    decision, namespace = admission.decision, admission.namespace
+    if decision is None or not decision.injected or config.missing_objects == "inject":
+        return admission
+    uid = admission.answer["response"]["uid"]
+    if namespace is None:  # a pod is namespaced: an API server always says where
+        log.warning("cannot verify: no namespace in the review", extra={"uid": uid})
+        return admission
+    checked = await check.check(namespace, decision.references)
+    for unverified in checked.unverified:
+        ref = unverified.reference
+        metrics.lookup_errors.inc(ref.kind, unverified.reason)
+        # A name outside the webhook's role (a pod's own policy-configmap) is expected.
+        level = logging.INFO if unverified.reason == "forbidden" else logging.WARNING
+        log.log(
+            level,
+            "cannot verify an object the sidecar needs; injecting",
+            extra={
+                "uid": uid,
+                "namespace": namespace,
+                "kind": ref.kind,
+                "object": ref.name,
+                "reason": unverified.reason,
+                "problem": unverified.detail,
+            },
+        )
+    if not checked.missing:
+        return admission
+    problems = [m.describe(namespace) for m in checked.missing]
+    for missing in checked.missing:
+        metrics.missing.inc(namespace, missing.reference.kind, missing.reference.name)
+    extra = {"uid": uid, "namespace": namespace, "missing": problems}
+    if config.missing_objects == "deny":
+        log.warning("pod refused: objects the sidecar needs are missing", extra=extra)
+        message = f"agent-warden: pod refused: {'; '.join(problems)}; {_MISSING_HINT}"
+        status = {"status": "Failure", "code": 403, "reason": "Forbidden", "message": message}
+        answer = {
+            "apiVersion": ADMISSION_API_VERSION,
+            "kind": "AdmissionReview",
+            "response": {"uid": uid, "allowed": False, "status": status},
+        }
+        return Admission(answer, "denied", decision, namespace)
+    log.warning("sidecar not injected: objects it needs are missing", extra=extra)
+    warnings = [f"agent-warden sidecar not injected: {p}" for p in problems]
+    message = f"agent-warden sidecar not injected: {'; '.join(problems)}; {_MISSING_HINT}"
+    return Admission(
+        _response(uid, warnings=warnings, **_status(message)), "missing", decision, namespace
+    )
 
 
 # --- HTTP ---------------------------------------------------------------------------
 
 CONFIG_KEY = web.AppKey("config", InjectConfig)
 DRAINING_KEY = web.AppKey("draining", asyncio.Event)
+METRICS_KEY = web.AppKey("metrics", WebhookMetrics)
+CHECK_KEY = web.AppKey("check", ObjectCheck)
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -147,15 +275,23 @@ async def _read_review(request: web.Request) -> object:
 
 async def _mutate(request: web.Request) -> web.Response:
     review: object = None
+    metrics = request.app[METRICS_KEY]
     try:
         review = await _read_review(request)
-        answer = admit(review, request.app[CONFIG_KEY])
+        config = request.app[CONFIG_KEY]
+        admission = admit(review, config)
+        check = request.app.get(CHECK_KEY)
+        if check is not None:
+            admission = await verify(admission, config, check, metrics)
     except web.HTTPRequestEntityTooLarge:
+        metrics.reviews.inc("invalid")
         return _error(413, f"body larger than {MAX_REVIEW_BYTES} bytes")
     except BadReview as exc:
+        metrics.reviews.inc("invalid")
         log.info("bad request", extra={"problem": str(exc), "remote": request.remote})
         return _error(400, str(exc))
     except Exception:  # never crash, never block a pod because of the injector
+        metrics.reviews.inc("error")
         log.exception("injector failure")
         uid = _uid(review)
         if uid is None:
@@ -163,7 +299,8 @@ async def _mutate(request: web.Request) -> web.Response:
         return web.json_response(
             _response(uid, **_status("agent-warden internal error; pod not injected"))
         )
-    return web.json_response(answer)
+    metrics.reviews.inc(admission.outcome)
+    return web.json_response(admission.answer)
 
 
 def _uid(review: object) -> str | None:
@@ -182,14 +319,27 @@ async def _readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def build_app(config: InjectConfig) -> web.Application:
-    """``POST /mutate``, ``GET /healthz`` and ``GET /readyz``."""
+async def _metrics(request: web.Request) -> web.Response:
+    body = request.app[METRICS_KEY].registry.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+def build_app(config: InjectConfig, check: ObjectCheck | None = None) -> web.Application:
+    """``POST /mutate``, ``GET /healthz``, ``GET /readyz`` and ``GET /metrics``.
+
+    With ``check``, an injecting answer is first checked against the pod's namespace
+    (``missingObjects`` skip or deny).
+    """
     app = web.Application(client_max_size=MAX_REVIEW_BYTES)
     app[CONFIG_KEY] = config
     app[DRAINING_KEY] = asyncio.Event()
+    app[METRICS_KEY] = WebhookMetrics()
+    if check is not None and config.missing_objects != "inject":
+        app[CHECK_KEY] = check
     app.router.add_post("/mutate", _mutate)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
     return app
 
 
@@ -267,8 +417,16 @@ async def _cert_watch(reloader: CertificateReloader, interval: float) -> AsyncIt
 async def serve(settings: WebhookSettings) -> None:
     """Serve until SIGTERM or SIGINT; raises ConfigError when it cannot start."""
     reloader = CertificateReloader(settings.cert, settings.key)
-    app = build_app(settings.config)
+    check = ObjectCheck(settings.kube) if settings.kube is not None else None
+    app = build_app(settings.config, check)
     app.cleanup_ctx.append(lambda _: _cert_watch(reloader, settings.cert_poll_seconds))
+    if settings.kube is not None:
+        kube = settings.kube
+
+        async def _close_kube(_: web.Application) -> None:
+            await kube.close()
+
+        app.on_cleanup.append(_close_kube)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_seconds)
     await runner.setup()
     try:
@@ -293,6 +451,8 @@ async def serve(settings: WebhookSettings) -> None:
             "listen": str(settings.listen),
             "image": settings.config.image_ref,
             "inject_by_default": settings.config.inject_by_default,
+            "missing_objects": settings.config.missing_objects,
+            "kube_api": settings.kube.url if settings.kube is not None else None,
         },
     )
     await stop.wait()

@@ -2,6 +2,10 @@
 
 A test CA and serving certificates are made with ``cryptography``; every client verifies
 the server against that CA. Certificate rotation is seen through the served serial.
+
+``missingObjects`` lookups go to tests/kube_api.py, a real HTTPS server on loopback that
+answers the two Kubernetes API paths the webhook reads, as the API server does (a
+kube-apiserver cannot run here).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.conftest import Proxy
+from tests.kube_api import FakeKubeAPI
 from tests.upstreams.serve import LOOPBACK, REPO_ROOT, free_port
 
 DATA = REPO_ROOT / "tests" / "data" / "inject"
@@ -170,6 +175,26 @@ class Webhook:
         assert answer["kind"] == "AdmissionReview"
         assert answer["response"]["allowed"] is True
         return dict(answer["response"])
+
+    def metrics(self) -> dict[str, float]:
+        """``GET /metrics``: every sample line, ``name{labels}`` -> value."""
+        conn = http.client.HTTPSConnection(
+            LOOPBACK, self.port, context=self.ca.client_context(), timeout=10
+        )
+        try:
+            conn.request("GET", "/metrics")
+            response = conn.getresponse()
+            assert response.status == 200
+            assert response.getheader("Content-Type", "").startswith("text/plain; version=0.0.4")
+            text = response.read().decode()
+        finally:
+            conn.close()
+        samples = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                samples[name] = float(value)
+        return samples
 
     def served_serial(self) -> int:
         context = self.ca.client_context()
@@ -422,12 +447,15 @@ def test_sigterm_stops_with_exit_0(own_webhook: Webhook) -> None:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    # Outside a pod, whatever the machine running the tests is.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_SERVICE_")}
     return subprocess.run(
         [*WEBHOOK, *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=30,
+        env=env,
     )
 
 
@@ -437,10 +465,27 @@ def test_bad_start_up_is_one_line_and_non_zero(tmp_path: Path) -> None:
     ca.issue(cert, key)
     config = tmp_path / "config.yaml"
     config.write_text("image: x\nlistenPrt: 8080\n")
+    lookups = tmp_path / "lookups.yaml"
+    lookups.write_text("missingObjects: skip\n")
     cases = [
         (flags(tmp_path / "none.crt", key), "--cert"),
         (flags(key, cert), "--cert"),
         (flags(cert, key, "--config", str(config)), f"{config}:2: listenPrt"),
+        (flags(cert, key, "--config", str(lookups)), "give --kube-api"),
+        (
+            flags(
+                cert,
+                key,
+                "--config",
+                str(lookups),
+                "--kube-api",
+                "https://127.0.0.1:1",
+                "--kube-token-file",
+                str(tmp_path / "none"),
+            ),
+            "--kube-token-file",
+        ),
+        (flags(cert, key, "--config", str(lookups), "--kube-api", "nowhere"), "--kube-api"),
         (flags(cert, key, listen="nowhere"), "--listen"),
         (["--cert", str(cert)], "--key"),
         (flags(cert, key, "--cert-poll-interval", "soon"), "--cert-poll-interval"),
@@ -534,3 +579,253 @@ def test_the_chart_configured_webhook_injects_the_admin_token(tmp_path: Path, ca
         assert "patch" not in hook.review(patched)
     finally:
         assert hook.stop() == 0
+
+
+# --- missingObjects: what the sidecar needs, looked up in the pod's namespace ------------------
+
+POLICY_PATH = "/api/v1/namespaces/agents/configmaps/agent-warden-policy"
+
+
+def start_kube_api(directory: Path) -> tuple[FakeKubeAPI, list[str]]:
+    """A stand-in API server over TLS (its own CA) and the webhook flags that reach it."""
+    home = directory / "kube"
+    home.mkdir(exist_ok=True)
+    ca = CertAuthority.create(home)
+    cert, key = home / "apiserver.crt", home / "apiserver.key"
+    ca.issue(cert, key)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    token = home / "token"
+    token.write_text("webhook-sa-token\n")
+    api = FakeKubeAPI(token="webhook-sa-token", tls=context).start()
+    flags = [
+        "--kube-api",
+        api.url,
+        "--kube-ca-file",
+        str(ca.path),
+        "--kube-token-file",
+        str(token),
+        "--kube-timeout",
+        "1s",
+    ]
+    return api, flags
+
+
+@dataclass
+class CheckingWebhook:
+    hook: Webhook
+    api: FakeKubeAPI
+
+    def put_everything(self, namespace: str = "agents") -> None:
+        """What the chart creates in a namespace of policy.namespaces."""
+        self.api.put("ConfigMap", namespace, "agent-warden-policy", {"policy.yaml": "version: 1"})
+        self.api.put("Secret", namespace, "agent-warden-admin-token", {"token": "t" * 48})
+
+
+def start_checking_webhook(directory: Path, mode: str) -> CheckingWebhook:
+    config = directory / "config.yaml"
+    config.write_text(f"injectByDefault: true\nmissingObjects: {mode}\n")
+    api, kube_flags = start_kube_api(directory)
+    return CheckingWebhook(start_webhook(directory, "--config", str(config), *kube_flags), api)
+
+
+@pytest.fixture
+def skipping(tmp_path: Path) -> Iterator[CheckingWebhook]:
+    checking = start_checking_webhook(tmp_path, "skip")
+    yield checking
+    checking.hook.stop()
+    checking.api.stop()
+
+
+def wait_for_log(hook: Webhook, msg: str, uid: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        for line in hook.log_lines():
+            if line.get("msg") == msg and line.get("uid") == uid:
+                return line
+        time.sleep(0.05)
+    pytest.fail(f"no log line {msg!r} for {uid}")
+
+
+def test_a_namespace_without_the_policy_gets_pods_without_the_sidecar(
+    skipping: CheckingWebhook,
+) -> None:
+    """Never stuck in ContainerCreating: no sidecar, a warning, a log line, a metric."""
+    review = admission_review(golden_pod("plain"))
+    status, answer = skipping.hook.request("POST", "/mutate", json.dumps(review).encode())
+    assert status == 200
+    response = answer["response"]
+    assert response["allowed"] is True
+    assert "patch" not in response
+    assert response["warnings"] == [
+        "agent-warden sidecar not injected: ConfigMap 'agent-warden-policy' (policy) not found "
+        "in namespace 'agents'",
+        "agent-warden sidecar not injected: Secret 'agent-warden-admin-token' (admin token) not "
+        "found in namespace 'agents'",
+    ]
+    assert "policy.namespaces" in response["status"]["message"]
+    line = wait_for_log(
+        skipping.hook,
+        "sidecar not injected: objects it needs are missing",
+        review["request"]["uid"],
+    )
+    assert line["level"] == "warning"
+    assert line["namespace"] == "agents"
+    assert len(line["missing"]) == 2
+    metrics = skipping.hook.metrics()
+    assert metrics['agent_warden_webhook_reviews_total{outcome="missing"}'] == 1
+    for kind, name in (
+        ("ConfigMap", "agent-warden-policy"),
+        ("Secret", "agent-warden-admin-token"),
+    ):
+        series = f'{{namespace="agents",kind="{kind}",name="{name}"}}'
+        assert metrics[f"agent_warden_webhook_missing_objects_total{series}"] == 1
+    # The lookups carried the service account's token, over TLS to the API server.
+    assert {auth for _, auth in skipping.api.requests} == {"Bearer webhook-sa-token"}
+
+    # Once the objects exist, the next pod is injected (a missing object is never cached).
+    skipping.put_everything()
+    injected = skipping.hook.review(golden_pod("plain"))
+    assert injected["patchType"] == "JSONPatch"
+    assert "warnings" not in injected
+    metrics = skipping.hook.metrics()
+    assert metrics['agent_warden_webhook_reviews_total{outcome="injected"}'] == 1
+
+
+def test_a_missing_key_is_missing_too(skipping: CheckingWebhook) -> None:
+    skipping.put_everything()
+    skipping.api.put("Secret", "agents", "agent-warden-admin-token", {"bearer": "x"})
+    response = skipping.hook.review(golden_pod("plain"))
+    assert "patch" not in response
+    assert response["warnings"] == [
+        "agent-warden sidecar not injected: Secret 'agent-warden-admin-token' (admin token) in "
+        "namespace 'agents' has no key 'token'"
+    ]
+
+
+def test_only_the_pods_namespace_counts(skipping: CheckingWebhook) -> None:
+    skipping.put_everything("billing")
+    assert "patch" not in skipping.hook.review(golden_pod("plain"), namespace="agents")
+    assert (
+        skipping.hook.review(golden_pod("plain"), namespace="billing")["patchType"] == "JSONPatch"
+    )
+
+
+def test_pods_left_alone_cost_no_lookup(skipping: CheckingWebhook) -> None:
+    for case in ("opt-out", "already-injected", "host-network"):
+        skipping.hook.review(golden_pod(case))
+    assert skipping.api.requests == []
+
+
+def test_an_api_server_in_trouble_leaves_injection_as_it_was(skipping: CheckingWebhook) -> None:
+    """No answer is no reason to withhold the sidecar: injected, logged, counted."""
+    skipping.api.fail = 503
+    review = admission_review(golden_pod("plain"))
+    status, answer = skipping.hook.request("POST", "/mutate", json.dumps(review).encode())
+    assert status == 200
+    assert answer["response"]["patchType"] == "JSONPatch"
+    line = wait_for_log(
+        skipping.hook,
+        "cannot verify an object the sidecar needs; injecting",
+        review["request"]["uid"],
+    )
+    assert (line["level"], line["reason"]) == ("warning", "status")
+    metrics = skipping.hook.metrics()
+    assert (
+        metrics['agent_warden_webhook_lookup_errors_total{kind="ConfigMap",reason="status"}'] == 1
+    )
+    assert metrics['agent_warden_webhook_lookup_errors_total{kind="Secret",reason="status"}'] == 1
+
+
+def test_a_slow_api_server_cannot_hold_the_review(skipping: CheckingWebhook) -> None:
+    skipping.api.delay = 3.0  # longer than --kube-timeout 1s
+    started = time.monotonic()
+    response = skipping.hook.review(golden_pod("plain"))
+    assert time.monotonic() - started < 2.5
+    assert response["patchType"] == "JSONPatch"
+    assert (
+        skipping.hook.metrics()[
+            'agent_warden_webhook_lookup_errors_total{kind="ConfigMap",reason="timeout"}'
+        ]
+        == 1
+    )
+
+
+def test_a_configmap_outside_the_webhooks_role_is_injected_unverified(
+    skipping: CheckingWebhook,
+) -> None:
+    """A pod may name its own policy ConfigMap; the chart's role cannot know that name."""
+    skipping.put_everything()
+    skipping.api.allowed_names = {
+        "configmaps": {"agent-warden-policy"},
+        "secrets": {"agent-warden-admin-token"},
+    }
+    pod = golden_pod("plain")
+    pod["metadata"]["annotations"]["agent-warden.dev/policy-configmap"] = "team-policy"
+    review = admission_review(pod)
+    status, answer = skipping.hook.request("POST", "/mutate", json.dumps(review).encode())
+    assert status == 200
+    assert answer["response"]["patchType"] == "JSONPatch"
+    line = wait_for_log(
+        skipping.hook,
+        "cannot verify an object the sidecar needs; injecting",
+        review["request"]["uid"],
+    )
+    assert (line["level"], line["reason"], line["object"]) == ("info", "forbidden", "team-policy")
+
+
+def test_deny_refuses_the_pod_with_the_reason(tmp_path: Path) -> None:
+    """missingObjects deny: for clusters where no agent may run without its proxy."""
+    checking = start_checking_webhook(tmp_path, "deny")
+    try:
+        review = admission_review(golden_pod("plain"))
+        status, answer = checking.hook.request("POST", "/mutate", json.dumps(review).encode())
+        assert status == 200
+        response = answer["response"]
+        assert response["uid"] == review["request"]["uid"]
+        assert response["allowed"] is False
+        assert "patch" not in response
+        assert response["status"]["code"] == 403
+        assert response["status"]["message"].startswith(
+            "agent-warden: pod refused: ConfigMap 'agent-warden-policy' (policy) not found"
+        )
+        metrics = checking.hook.metrics()
+        assert metrics['agent_warden_webhook_reviews_total{outcome="denied"}'] == 1
+        # Pods the injector leaves alone are never refused.
+        assert checking.hook.review(golden_pod("opt-out"))["allowed"] is True
+        checking.put_everything()
+        assert checking.hook.review(golden_pod("plain"))["patchType"] == "JSONPatch"
+    finally:
+        assert checking.hook.stop() == 0
+        checking.api.stop()
+
+
+def test_inject_mode_never_asks(tmp_path: Path) -> None:
+    """missingObjects inject (the injector's own default): no API server needed at all."""
+    api, kube_flags = start_kube_api(tmp_path)
+    config = tmp_path / "config.yaml"
+    config.write_text("missingObjects: inject\n")
+    hook = start_webhook(tmp_path, "--config", str(config), *kube_flags)
+    try:
+        assert hook.review(golden_pod("plain"))["patchType"] == "JSONPatch"
+        assert api.requests == []
+    finally:
+        assert hook.stop() == 0
+        api.stop()
+
+
+def test_metrics_count_every_outcome(webhook: Webhook) -> None:
+    before = webhook.metrics()
+    for outcome in ("injected", "skipped", "warned", "missing", "denied", "invalid", "error"):
+        assert f'agent_warden_webhook_reviews_total{{outcome="{outcome}"}}' in before
+    webhook.review(golden_pod("plain"))
+    webhook.review(golden_pod("opt-out"))
+    webhook.review(golden_pod("host-network"))
+    webhook.request("POST", "/mutate", b"{}")
+    after = webhook.metrics()
+
+    def grew(outcome: str) -> float:
+        key = f'agent_warden_webhook_reviews_total{{outcome="{outcome}"}}'
+        return after[key] - before[key]
+
+    assert (grew("injected"), grew("skipped"), grew("warned"), grew("invalid")) == (1, 1, 1, 1)
