@@ -147,6 +147,9 @@ agent-warden is ready on http://{HOST}:{port}, in front of the example MCP serve
     {head} \\
     -d '{deny}'
 
+  # why: which policy met demo-agent, its limits, and the verdict for that tool
+  .venv/bin/agent-warden explain --policy {POLICY} --agent demo-agent --tool delete_admin
+
   curl -s http://{HOST}:{admin}/readyz
 
 Stop with Ctrl-C.

@@ -11,7 +11,6 @@ import importlib.util
 import json
 import os
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
@@ -191,7 +190,6 @@ def printed_command(text: str, comment: str) -> list[str]:
     return shlex.split(" ".join(command))
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="the printed commands are curl commands")
 def test_the_demo_comes_up_and_its_denial_command_shows_a_denial(tmp_path: Path) -> None:
     up, port, admin = three_ports()
     stdout, stderr = tmp_path / "stdout", tmp_path / "stderr"
@@ -236,6 +234,14 @@ def test_the_demo_comes_up_and_its_denial_command_shows_a_denial(tmp_path: Path)
             return False
 
         wait_for(logged_denial, 'the "request denied" line in the demo terminal')
+
+        why = printed_command(text, "# why")
+        assert why[0] == ".venv/bin/agent-warden"
+        explained = subprocess.run(
+            why, capture_output=True, text=True, timeout=WAIT, cwd=DEMO.parent.parent
+        )
+        assert explained.returncode == 0, explained.stderr
+        assert "decision: deny (TOOL_NOT_AUTHORIZED)" in explained.stdout
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)  # the demo itself: it stops what it started
