@@ -16,6 +16,7 @@ import http.client
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -565,8 +566,15 @@ def test_the_chart_configured_webhook_injects_the_admin_token(tmp_path: Path, ca
     """Chart values -> injector config -> the webhook over TLS -> the pod's volume and env."""
     values, secret, key = CHART_VALUES[case]
     config = tmp_path / "config.yaml"
-    config.write_text(chart_injector_config(values))
-    hook = start_webhook(tmp_path, "--config", str(config))
+    text = chart_injector_config(values)
+    assert yaml.safe_load(text)["missingObjects"] == "skip"  # the chart's default
+    config.write_text(text)
+    # The namespace holds what the chart creates in it (and the operator's Secret).
+    api, kube_flags = start_kube_api(tmp_path)
+    api.put("ConfigMap", "agents", "agent-warden-policy", {"policy.yaml": "version: 1\n"})
+    if secret is not None and key is not None:
+        api.put("Secret", "agents", secret, {key: "x" * 48})
+    hook = start_webhook(tmp_path, "--config", str(config), *kube_flags)
     try:
         pod = golden_pod("operator-admin-token")  # has volumes: ours are appended
         response = hook.review(pod)
@@ -577,8 +585,14 @@ def test_the_chart_configured_webhook_injects_the_admin_token(tmp_path: Path, ca
         assert patched["spec"]["volumes"][0]["name"] == "scratch"
         # Injection stays idempotent: the patched pod, reviewed again, gets no patch.
         assert "patch" not in hook.review(patched)
+        looked_up = {
+            path.rsplit("/", 2)[-2] + "/" + path.rsplit("/", 1)[-1] for path in api.paths()
+        }
+        expected = {"configmaps/agent-warden-policy"} | ({f"secrets/{secret}"} if secret else set())
+        assert looked_up == expected
     finally:
         assert hook.stop() == 0
+        api.stop()
 
 
 # --- missingObjects: what the sidecar needs, looked up in the pod's namespace ------------------
@@ -829,3 +843,120 @@ def test_metrics_count_every_outcome(webhook: Webhook) -> None:
         return after[key] - before[key]
 
     assert (grew("injected"), grew("skipped"), grew("warned"), grew("invalid")) == (1, 1, 1, 1)
+
+
+# --- `helm test`'s request through an injected sidecar, without a cluster ----------------------
+
+
+def rendered_chart(values: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The chart's objects by kind, rendered by the real Helm engine."""
+    helm_python = pytest.importorskip("helm_python")
+    with helm_python.Chart.load(REPO_ROOT / "helm" / "agent-warden") as chart:
+        manifests = chart.render(values, name="warden", namespace="agent-warden-system")
+    objects: dict[str, list[dict[str, Any]]] = {}
+    for path, text in manifests.items():
+        if path.endswith(".yaml"):
+            for doc in yaml.safe_load_all(text):
+                if doc:
+                    objects.setdefault(doc["kind"], []).append(doc)
+    return objects
+
+
+def _moved(args: list[str], flag: str, value: str) -> list[str]:
+    out = list(args)
+    out[out.index(flag) + 1] = value
+    return out
+
+
+def test_the_helm_test_pods_request_crosses_a_real_sidecar(tmp_path: Path) -> None:
+    """In a cluster `helm test` runs this pod; here its parts run on loopback: the chart's
+    test pod as the chart-configured injector patches it, its upstream script, the proxy
+    started with the injected sidecar's own arguments (this machine's ports and files),
+    and its curl arguments."""
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    from proxy.inject.config import parse_config
+    from proxy.inject.patch import decide
+
+    objects = rendered_chart({"policy": {"namespaces": ["agents"]}})
+    [test_pod] = [p for p in objects["Pod"] if p["metadata"]["name"].endswith("test-injection")]
+    [injector] = [c for c in objects["ConfigMap"] if c["metadata"]["name"].endswith("-injector")]
+    [policy] = [
+        c
+        for c in objects["ConfigMap"]
+        if c["metadata"]["name"] == "agent-warden-policy"
+        and c["metadata"]["namespace"] == test_pod["metadata"]["namespace"]
+    ]
+    config = parse_config(injector["data"]["config.yaml"], "config.yaml")
+    decision = decide(test_pod, config)
+    assert decision.injected, decision.reason
+    patched = jsonpatch.apply_patch(test_pod, json.loads(decision.patch_json()))
+    [sidecar] = patched["spec"]["initContainers"]
+    upstream, client = patched["spec"]["containers"]
+
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(policy["data"]["policy.yaml"])
+    token_file = tmp_path / "token"
+    token_file.write_text("t" * 48 + "\n")
+    upstream_port, listen_port, admin_port = free_port(), free_port(), free_port()
+    script = upstream["args"][0]
+    upstream_env = {e["name"]: e["value"] for e in upstream["env"]}
+    assert upstream_env["PORT"] == "8080"
+    sidecar_env = {e["name"]: e["value"] for e in sidecar["env"] if "value" in e}
+    sidecar_env["AGENT_WARDEN_ADMIN_TOKEN_FILE"] = str(token_file)
+    args = _moved(sidecar["args"], "--upstream", f"http://127.0.0.1:{upstream_port}")
+    args = _moved(args, "--listen", f"127.0.0.1:{listen_port}")
+    args = _moved(args, "--admin", f"127.0.0.1:{admin_port}")
+    args = _moved(args, "--policy", str(policy_file))
+    url = client["args"][-1]
+    assert url == "http://127.0.0.1:15080/agent-warden-helm-test"  # the sidecar's listenPort
+    client_args = [*client["args"][:-1], url.replace(":15080/", f":{listen_port}/")]
+
+    def start_upstream() -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-c", script],
+            env={**os.environ, **upstream_env, "PORT": str(upstream_port)},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    server = start_upstream()
+    proxy = subprocess.Popen(
+        [sys.executable, "-m", "proxy", *args],
+        cwd=REPO_ROOT,
+        env={**os.environ, **sidecar_env},
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "sidecar.stderr").open("wb"),
+    )
+    try:
+        result = subprocess.run([curl, *client_args], capture_output=True, text=True, timeout=90)
+        assert result.returncode == 0, result.stderr + (tmp_path / "sidecar.stderr").read_text()
+        assert result.stdout == "through agent-warden, as anonymous\n"
+        assert server.wait(10) == 0  # the upstream container succeeds: the pod passes
+
+        # A request around the proxy (no identity header) fails the upstream, and the pod.
+        server = start_upstream()
+        direct = f"http://127.0.0.1:{upstream_port}/agent-warden-helm-test"
+        for _ in range(50):
+            bypass = subprocess.run(
+                [curl, "--fail", "--silent", "--show-error", direct],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+            if bypass.returncode != 7:  # 7: could not connect, not listening yet
+                break
+            time.sleep(0.1)
+        assert bypass.returncode != 0
+        assert "421" in bypass.stderr
+        assert server.wait(10) == 1
+    finally:
+        for process in (server, proxy):
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()

@@ -181,3 +181,81 @@ else 48 random letters and digits.
 {{- .Values.admin.tokenSecret.existing | default .Values.admin.tokenSecret.name }}
 {{- end }}
 {{- end }}
+
+{{/*
+Namespaces where the chart creates what injected pods read from their own namespace (the
+policy ConfigMap, the admin-token and store Secrets): the release namespace (the
+reference copy) and policy.namespaces, as a JSON list.
+*/}}
+{{- define "agent-warden.objectNamespaces" -}}
+{{- concat (list .Release.Namespace) .Values.policy.namespaces | uniq | toJson }}
+{{- end }}
+
+{{/*
+The policy file as the ConfigMap holds it: policy.inline as given when it is a string
+(byte for byte); the mapping (values.schema.json has checked it against the policy
+schema) as JSON, which is YAML the sidecar reads exactly as meant (Go's YAML writer
+leaves strings such as `=` plain, which the sidecar's YAML 1.1 reader takes for
+something else; JSON quotes every string); the built-in policy when it is null.
+*/}}
+{{- define "agent-warden.policyText" -}}
+{{- $inline := .Values.policy.inline }}
+{{- if kindIs "string" $inline }}{{ $inline }}
+{{- else if kindIs "map" $inline }}{{ toPrettyJson $inline }}{{ "\n" }}
+{{- else }}{{ include "agent-warden.defaultPolicy" . }}
+{{- end }}
+{{- end }}
+
+{{/* The policy when policy.inline is null (shown in values.yaml's comment; tests keep both alike). */}}
+{{- define "agent-warden.defaultPolicy" -}}
+version: 1
+identity: {header: X-Agent-Id, required: false}
+defaults:
+  mode: enforce
+  session: {ttl: 1h, idle_timeout: 15m, max_per_agent: 10}
+  budget: {calls: 1000}
+  rate_limit: {per_minute: 600}
+  tools: {allow: ["*"], deny: ["*_admin"]}
+  methods: {allow: ["*"], deny: []}
+{{ end }}
+
+{{/*
+How the sidecar's preStop waits; called with (dict "action" $value "kubeVersion" $v).
+auto: the kubelet's sleep action where the API server has it on by default (1.30+), else
+an exec of the sidecar image's python3 (on 1.29 the sleep action is an alpha feature: a
+pod using it would be refused).
+*/}}
+{{- define "agent-warden.preStopAction" -}}
+{{- if ne .action "auto" }}{{ .action }}
+{{- else if semverCompare ">=1.30.0-0" .kubeVersion }}sleep
+{{- else }}exec
+{{- end }}
+{{- end }}
+
+{{/* The webhook looks up the sidecar's objects (and needs an API token) unless missingObjects is inject. */}}
+{{- define "agent-warden.lookups" -}}
+{{- if ne .Values.injector.missingObjects "inject" }}true{{ end }}
+{{- end }}
+
+{{/* The Secrets and ConfigMaps an injected sidecar reads, for the webhook's role: (dict "secrets" [..] "configMaps" [..]) as JSON. */}}
+{{- define "agent-warden.referencedObjects" -}}
+{{- $configMaps := list (include "agent-warden.policyConfigMap" .) }}
+{{- $secrets := list }}
+{{- with include "agent-warden.adminTokenSecret" . }}
+{{- $secrets = append $secrets . }}
+{{- end }}
+{{- with .Values.store.existingSecret | default (ternary .Values.store.secretName "" (ne .Values.store.url "")) }}
+{{- $secrets = append $secrets . }}
+{{- end }}
+{{- range .Values.injector.env }}
+{{- with .valueFrom }}
+{{- with .secretKeyRef }}
+{{- if .name }}{{ $secrets = append $secrets .name }}{{ end }}
+{{- end }}
+{{- with .configMapKeyRef }}
+{{- if .name }}{{ $configMaps = append $configMaps .name }}{{ end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- dict "secrets" ($secrets | uniq | sortAlpha) "configMaps" ($configMaps | uniq | sortAlpha) | toJson }}
+{{- end }}
