@@ -180,17 +180,16 @@ class ProxyListener:
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
         """Open the identity service, then listen; returns the port. ``reuse_port``: the
         port is shared with the other workers (SO_REUSEPORT)."""
-        if self._decisions is not None:
-            try:
-                self._decisions.open()
-            except OSError as exc:
-                raise ConfigError(f"--decision-log: {exc.strerror or exc}") from None
-        await self._runtime.identity.open(self._runtime.policy.identity)
         try:
+            if self._decisions is not None:
+                try:
+                    self._decisions.open()
+                except OSError as exc:
+                    raise ConfigError(f"--decision-log: {exc.strerror or exc}") from None
+            await self._runtime.identity.open(self._runtime.policy.identity)
             self.port = await self._server.start(host, port, backlog=1024, reuse_port=reuse_port)
         except BaseException:
-            await self._runtime.identity.close()
-            await self._pool.close()
+            await self._shut()  # whatever opened closes again
             raise
         return self.port
 

@@ -85,6 +85,7 @@ class Admission:
     # A batch judged element by element: each element's denial (None: allowed), for the
     # record step; empty when the request was judged whole.
     element_reasons: tuple[E | None, ...] = ()
+    whole_reason: E | None = None  # a denial of the whole request (audit mode: recorded)
 
     @property
     def filters_tools(self) -> bool:
@@ -246,6 +247,7 @@ class Gate:
         adm = Admission(agent, name, rules.mode, tools=rules.tools)
         missing = [s for s in rules.require_scopes if s not in credential.scopes]
         if missing:
+            adm.whole_reason = E.INSUFFICIENT_SCOPE
             error = self._record(adm, Denial(E.INSUFFICIENT_SCOPE), None, None)
             if error is not None:
                 scope = " ".join(rules.require_scopes)
@@ -874,6 +876,7 @@ class Gate:
         session is never entered, audit mode or not: that is no limit to trial."""
         if denial.reason is E.AGENT_MISMATCH:
             adm.mode = "enforce"
+        adm.whole_reason = denial.reason
         error = self._record(adm, denial, method, tool)
         return adm if error is None else Refusal(error, adm)
 

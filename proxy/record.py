@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 from dataclasses import asdict, dataclass
@@ -47,7 +48,8 @@ class Decision:
     def to_json(self) -> str:
         doc: dict[str, Any] = asdict(self)
         doc["scopes"] = list(self.scopes)
-        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+        # ASCII: any id (a lone surrogate from undecodable header bytes included) writes.
+        return json.dumps(doc, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, line: str) -> Decision:
@@ -58,8 +60,11 @@ class Decision:
             doc["scopes"] = tuple(doc["scopes"])
             return cls(**doc)
         try:
+            ts = float(doc["ts"])
+            if not math.isfinite(ts):
+                raise ValueError("ts is not a finite number")
             return cls(
-                ts=float(doc["ts"]),
+                ts=ts,
                 agent=str(doc["agent"]),
                 session=_opt_str(doc.get("session")),
                 kind=_opt_str(doc.get("kind")),
@@ -84,6 +89,7 @@ _OPTIONAL_TEXT = ("session", "kind", "tool", "reason")
 def _well_typed(doc: dict[str, Any]) -> bool:
     return (
         type(doc["ts"]) in (int, float)
+        and math.isfinite(doc["ts"])
         and all(type(doc[k]) is str for k in _TEXT)
         and all(doc[k] is None or type(doc[k]) is str for k in _OPTIONAL_TEXT)
         and type(doc["scopes"]) is list
@@ -101,10 +107,9 @@ def decisions_of(exchange: Exchange, verdict: Admission | Refusal, now: float) -
     not counted calls) or the one A2A REST operation."""
     info = exchange.info
     adm = verdict.admission if isinstance(verdict, Refusal) else verdict
-    whole: E | None = verdict.error.spec if isinstance(verdict, Refusal) else adm.reason
-    denied_whole = isinstance(verdict, Refusal) or (
-        adm.decision != "allow" and not adm.element_reasons
-    )
+    whole: E | None = verdict.error.spec if isinstance(verdict, Refusal) else adm.whole_reason
+    if whole is None and adm.decision != "allow" and not adm.element_reasons:
+        whole = adm.reason
     calls: list[tuple[str, str | None, E | None]] = []
     if info.body is not None:
         reasons = adm.element_reasons
@@ -113,12 +118,12 @@ def decisions_of(exchange: Exchange, verdict: Admission | Refusal, now: float) -
             if method is None or not message.has_id or method in mcp.UNCOUNTED_METHODS:
                 continue
             tool = mcp.tool_name(method, message.params) if method == mcp.TOOLS_CALL else None
-            reason = reasons[i] if i < len(reasons) else (whole if denied_whole else None)
+            reason = reasons[i] if i < len(reasons) and reasons[i] is not None else whole
             calls.append((method, tool, reason))
     elif info.rest is not None:
-        calls.append((info.rest.op.name, None, whole if denied_whole else None))
+        calls.append((info.rest.op.name, None, whole))
     elif info.a2a_op is not None:
-        calls.append((info.a2a_op.name, None, whole if denied_whole else None))
+        calls.append((info.a2a_op.name, None, whole))
     audit = adm.mode == "audit" and not isinstance(verdict, Refusal)
     kind = adm.kind.value if adm.kind is not None else None
     scopes = tuple(sorted(exchange.caller.scopes))
@@ -160,7 +165,10 @@ class DecisionLog:
             self._file = sys.stdout
             return
         self._file = open(self._target, "a", encoding="utf-8")  # noqa: SIM115
-        self._size = self._file.tell()
+        try:
+            self._size = self._file.tell()
+        except OSError:  # a pipe or a FIFO: written, never rotated
+            self._max = 2**63
 
     def write(self, decisions: list[Decision]) -> None:
         if not decisions or self._file is None:
@@ -171,7 +179,7 @@ class DecisionLog:
                 self._rotate()
             self._file.write(text)
             self._file.flush()
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             if not self._failed:
                 log.error("decision log write failed", extra={"error": str(exc)[:200]})
             self._failed = True
@@ -206,6 +214,6 @@ def read_decisions(lines: list[str]) -> tuple[list[Decision], list[str]]:
             continue
         try:
             found.append(Decision.from_json(line))
-        except ValueError as exc:
-            problems.append(f"line {number}: {exc}")
+        except (ValueError, RecursionError, OverflowError) as exc:
+            problems.append(f"line {number}: {type(exc).__name__}: {str(exc)[:100]}")
     return found, problems

@@ -9,9 +9,11 @@ them: an MCP protocol session by its ``initialize`` (under the cap), a minted se
 minting it (without a grant's narrowing: the log does not keep grants), and everything
 else in the agent's window.
 
-Not replayed, and counted as such: A2A calls (a context's ownership depends on what the
-agent answered, which the log does not keep). Claims are not logged (they may be
-personal data), so a policy that matches on claims sees none.
+A2A calls replay in their context (the log names the context a call was judged in, or
+the one its answer opened): a send adopts a context not seen yet, under the cap, as the
+proxy does; a call naming a task finds the task's context through a task link made for
+the replay. Claims are not logged (they may be personal data), so a policy that matches
+on claims sees none. Calls of neither protocol are not replayed, and counted as such.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import logging
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -31,7 +33,7 @@ from proxy.identity import Credential
 from proxy.metrics import Metrics
 from proxy.policy import PolicyFile
 from proxy.policy.grant import Grant
-from proxy.protocols import jsonrpc, mcp
+from proxy.protocols import a2a, jsonrpc, mcp
 from proxy.protocols.classify import Binding, Classified
 from proxy.record import Decision
 from proxy.sessions.base import Kind
@@ -75,9 +77,15 @@ class _Replayer:
         self._sessions: dict[tuple[str, str], str] = {}  # (kind, logged id) -> replayed id
         self._ids = itertools.count(1)
         self._headers: dict[str, CIMultiDictProxy[str]] = {}
+        self._linked: set[str] = set()  # A2A contexts with a replay task linked to them
 
     def _exchange(
-        self, record: Decision, method: str, params: Any, headers: CIMultiDictProxy[str]
+        self,
+        record: Decision,
+        method: str,
+        params: Any,
+        headers: CIMultiDictProxy[str],
+        protocol: Literal["mcp", "a2a"] = "mcp",
     ) -> Exchange:
         message = jsonrpc.Message(
             method,
@@ -86,7 +94,7 @@ class _Replayer:
             params,
             {"jsonrpc": "2.0", "id": 0, "method": method, "params": params},
         )
-        info = Classified("mcp", Binding.JSONRPC, body=jsonrpc.Body((message,), False))
+        info = Classified(protocol, Binding.JSONRPC, body=jsonrpc.Body((message,), False))
         caller = Credential(record.agent, "header", frozenset(record.scopes))
         return Exchange("POST", "/mcp", "/mcp", headers, caller, info)
 
@@ -121,8 +129,38 @@ class _Replayer:
         headers = self._headers[sid] = CIMultiDictProxy(CIMultiDict({**_JSON, name: sid}))
         return headers
 
+    async def _a2a(self, record: Decision) -> Verdict:
+        """An A2A call in the context it was judged in (or its agent's window)."""
+        op = a2a.op_for_method(record.method)
+        if op is None:
+            return Verdict("skipped", None, "")
+        ctx = record.session if record.kind == Kind.PROTOCOL.value else None
+        params: dict[str, Any] = {}
+        if op.name in (a2a.SEND_MESSAGE.name, a2a.SEND_STREAMING_MESSAGE.name):
+            message: dict[str, Any] = {"messageId": "m", "role": "ROLE_USER", "parts": []}
+            if ctx is not None:
+                message["contextId"] = ctx
+            params = {"message": message}
+        elif op is a2a.LIST_TASKS:
+            params = {"contextId": ctx} if ctx is not None else {}
+        elif op.takes_task_id:
+            task = f"replay-task:{ctx}" if ctx is not None else f"replay-lost:{next(self._ids)}"
+            if ctx is not None and ctx not in self._linked:
+                await self._store.link_task(task, ctx, self._clock.now)
+                self._linked.add(ctx)
+            params = {"id": task}
+            if a2a.task_id(op, params) is None:
+                params = {"taskId": task}
+        exchange = self._exchange(record, record.method, params, _JSON, "a2a")
+        verdict = await self._gate.admit(exchange)
+        if isinstance(verdict, Admission):
+            await self._gate.finish(verdict)
+        return _verdict(verdict)
+
     async def judge(self, record: Decision) -> Verdict:
         self._clock.now = record.ts
+        if record.protocol == "a2a":
+            return await self._a2a(record)
         if record.protocol != "mcp":
             return Verdict("skipped", None, "")
         headers = _JSON
@@ -236,7 +274,7 @@ class Report:
     def to_text(self) -> str:
         doc = self.to_doc()
         lines = [
-            f"{self.calls} calls replayed, {self.skipped} not replayable (A2A), "
+            f"{self.calls} calls replayed, {self.skipped} not replayed (neither MCP nor A2A), "
             f"{self.changed} verdicts change"
             + (
                 f"; {self.reworded} more keep their outcome with another reason"

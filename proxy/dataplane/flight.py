@@ -91,7 +91,8 @@ class Flight:
         self.body_exists = request.body_exists
         self.content_length = request.content_length
         self.remote = request.peer[0] if request.peer is not None else None
-        self.host = request.headers.get(hdrs.HOST, "")
+        # No Host (HTTP/1.0): the address the request arrived on, as aiohttp answered.
+        self.host = request.headers.get(hdrs.HOST) or request.local
         raw, _, query = target.partition("#")[0].partition("?")
         # The path as the upstream's router reads it: percent-decoded (an encoded slash
         # stays encoded), exactly as aiohttp's parser decodes it.

@@ -247,6 +247,8 @@ class RequestLine:
                 # Bodies are read whole to be judged: all of them together stay bounded
                 # while they are read (a body without a length counts as the largest).
                 held = length if length is not None else self._settings.max_body_size
+                if hdrs.CONTENT_ENCODING in request.headers:
+                    held = self._settings.max_body_size  # inflated, it may grow to the limit
                 if self._body_bytes + held > self._settings.max_inflight_body_bytes:
                     self._metrics.limits_tripped.inc("max_inflight_body_bytes")
                     request.outcome = RequestOutcome.DENIED
@@ -404,8 +406,37 @@ class RequestLine:
             self._metadata_url(request, self._gate.identity().resource_metadata),
         )
         verdict = await self._gate.admit(exchange, legacy.session if legacy is not None else None)
-        if self._decisions is not None:
-            self._decisions.write(decisions_of(exchange, verdict, time.time()))
+        if self._decisions is None or isinstance(verdict, Refusal):
+            self._log_decisions(exchange, verdict, time.time())
+            return await self._decided(request, info, body, trace, verdict, legacy)
+        decided_at = time.time()
+        try:
+            return await self._decided(request, info, body, trace, verdict, legacy)
+        finally:
+            # Logged once answered: an A2A context the answer revealed names the session.
+            self._log_decisions(exchange, verdict, decided_at)
+
+    def _log_decisions(
+        self, exchange: Exchange, verdict: Admission | Refusal, decided_at: float
+    ) -> None:
+        """The decision log's lines for this request; a fault there never fails it."""
+        if self._decisions is None:
+            return
+        try:
+            self._decisions.write(decisions_of(exchange, verdict, decided_at))
+        except Exception:
+            log.exception("decision log entry not written")
+
+    async def _decided(
+        self,
+        request: Flight,
+        info: Classified,
+        body: bytes | None,
+        trace: Trace,
+        verdict: Admission | Refusal,
+        legacy: LegacyStream | None,
+    ) -> Answer | Stream:
+        """Act on the verdict: answer a refusal, or forward (perhaps trimmed)."""
         if trace is not NOOP:
             trace.decided(decision_attributes(verdict))
         if isinstance(verdict, Refusal):

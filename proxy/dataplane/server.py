@@ -64,6 +64,7 @@ _CONTENT_LENGTH = istr("Content-Length")
 _TRANSFER_ENCODING = istr("Transfer-Encoding")
 _CONNECTION = istr("Connection")
 _EXPECT = istr("Expect")
+_HOST = istr("Host")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _HOP_FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
 
@@ -108,6 +109,7 @@ class ServerRequest:
         "content_length",
         "headers",
         "keep_alive",
+        "local",
         "method",
         "peer",
         "target",
@@ -134,6 +136,7 @@ class ServerRequest:
         self.body_exists = body_exists
         self.keep_alive = keep_alive
         self.peer = conn.peer
+        self.local = conn.local  # host:port this request arrived on
         self._conn = conn
         self._continue = expect_continue
         self._chunks: deque[bytes] = deque()
@@ -397,6 +400,7 @@ class _Conn(asyncio.Protocol):
         self.loop = server.loop
         self.transport: asyncio.Transport | None = None
         self.peer: tuple[str, int] | None = None
+        self.local = ""
         self.lost = False
         self.closing = False  # no further request is served on this connection
         self._parser = httptools.HttpRequestParser(self)
@@ -438,6 +442,10 @@ class _Conn(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peer = (str(peer[0]), int(peer[1]))
+        local = transport.get_extra_info("sockname")
+        if isinstance(local, tuple) and len(local) >= 2:
+            host = str(local[0])
+            self.local = f"[{host}]:{local[1]}" if ":" in host else f"{host}:{local[1]}"
         self.server.admitted(self)
         if not self.lost:
             self._arm_idle()
@@ -539,6 +547,8 @@ class _Conn(asyncio.Protocol):
         )
         lengths = len(headers.getall(_CONTENT_LENGTH, ()))
         chunked = _TRANSFER_ENCODING in headers
+        if len(headers.getall(_HOST, ())) > 1:
+            raise _Refused("Host sent twice")  # RFC 9112 section 3.2: answered 400
         if lengths > 1 or (lengths and chunked):
             raise _Refused("ambiguous framing")
         content_length: int | None = None

@@ -501,3 +501,38 @@ async def test_a_client_that_leaves_frees_its_place_under_the_cap(
         assert error_info(doc["error"]["data"])["reason"] == "TOO_MANY_SESSIONS"
         await asyncio.sleep(0.05)
     assert doc["result"]["protocolVersion"] == "2025-06-18"
+
+
+async def test_a_request_without_host_names_the_address_it_came_to(
+    proxy: str, broken: Broken
+) -> None:
+    """HTTP/1.0 needs no Host: X-Forwarded-Host is then the address the proxy listens on,
+    never empty (as aiohttp answered before the listener was the proxy's own)."""
+    host, port = proxy.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /echo HTTP/1.0\r\n\r\n")
+    data = await reader.read()
+    writer.close()
+    assert data.startswith(b"HTTP/1.1 200"), data[:100]
+    seen = dict((k.lower(), v) for k, v in broken.seen[-1]["headers"])
+    assert seen["x-forwarded-host"] == f"{host}:{port}"
+
+
+async def test_a_compressed_body_counts_as_the_largest_while_it_is_read(
+    broken: Broken, start_upstream: StartUpstream, start_proxy: StartProxy, http: ClientSession
+) -> None:
+    """max_inflight_body_bytes holds inflated bodies: a compressed one may grow to the body
+    limit, so it holds that much while it is read (not its compressed length)."""
+    proxy = await start_proxy(
+        await start_upstream(broken.app()),
+        max_body_size=1024 * 1024,
+        max_inflight_body_bytes=512 * 1024,
+    )
+    packed = gzip.compress(rpc())
+    headers = {**JSON, "Content-Encoding": "gzip"}
+    async with http.post(f"{proxy}/echo", data=packed, headers=headers) as resp:
+        doc = await resp.json()
+    assert error_info(doc["error"]["data"])["reason"] == "OVERLOADED"
+    async with http.post(f"{proxy}/echo", data=rpc(), headers=JSON) as resp:
+        assert resp.status == 200  # a plain body of the same size passes
+    assert len(broken.seen) == 1

@@ -5,7 +5,9 @@ verdicts change."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -19,7 +21,9 @@ from proxy.policy import PolicyFile, parse_policy
 from proxy.record import Decision, read_decisions
 from proxy.replay import compare, recorded, replay
 from tests.e2e.conftest import StartProxy, StartUpstream
+from tests.upstreams import legacy_a2a
 from tests.upstreams.broken import Broken
+from tests.upstreams.serve import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -240,3 +244,175 @@ def test_the_log_rotates_by_size(tmp_path: Path) -> None:
         assert problems == []
         assert read
     assert log.written == 100
+
+
+# --- A2A: contexts are sessions -----------------------------------------------------------
+
+A2A_POLICY_A = """\
+version: 1
+defaults:
+  budget: {calls: 100}
+"""
+A2A_POLICY_B = """\
+version: 1
+defaults:
+  session: {max_per_agent: 1}
+  budget: {calls: 3}
+policies:
+  - name: ana
+    match: {agents: ["ana"]}
+    budget: {calls: 4}
+    methods: {deny: ["GetTask"]}
+"""
+
+
+async def a2a_traffic(http: ClientSession, proxy: str) -> None:
+    """Ana in one context (sends, then reads its task), Ben in two contexts."""
+    ids = iter(range(1, 100))
+
+    async def send(agent: str, ctx: str | None = None) -> dict[str, Any]:
+        message: dict[str, Any] = {
+            "role": "user",
+            "parts": [{"kind": "text", "text": "hi"}],
+            "messageId": f"m{next(ids)}",
+            "kind": "message",
+        }
+        if ctx is not None:
+            message["contextId"] = ctx
+        doc = {
+            "jsonrpc": "2.0",
+            "id": next(ids),
+            "method": "message/send",
+            "params": {"message": message},
+        }
+        headers = {"Content-Type": "application/json", "X-Agent-Id": agent}
+        async with http.post(f"{proxy}/", json=doc, headers=headers) as r:
+            assert r.status == 200
+            answer: dict[str, Any] = await r.json()
+        return answer
+
+    async def get(agent: str, task: str) -> None:
+        doc = {"jsonrpc": "2.0", "id": next(ids), "method": "tasks/get", "params": {"id": task}}
+        headers = {"Content-Type": "application/json", "X-Agent-Id": agent}
+        async with http.post(f"{proxy}/", json=doc, headers=headers) as r:
+            assert r.status == 200
+
+    first = (await send("ana"))["result"]
+    ctx, task = first["contextId"], first["id"]
+    for _ in range(4):
+        await send("ana", ctx)
+    await get("ana", task)
+    await get("ana", task)
+    ben = (await send("ben"))["result"]["contextId"]
+    await send("ben", ben)
+    await send("ben", ben)
+    await send("ben")  # a second context: over B's cap of one
+
+
+async def test_replay_predicts_a2a_decisions_in_their_contexts(
+    tmp_path: Path, start_upstream: StartUpstream, start_proxy: StartProxy, http: ClientSession
+) -> None:
+    runs: dict[str, list[Decision]] = {}
+    for name, text in (("a", A2A_POLICY_A), ("b", A2A_POLICY_B)):
+        port = free_port()
+        upstream = await start_upstream(legacy_a2a.build_app(f"http://127.0.0.1:{port}"), port)
+        log = tmp_path / f"a2a-{name}.jsonl"
+        proxy = await start_proxy(upstream, policy=policy(text, name), decision_log=str(log))
+        await a2a_traffic(http, proxy)
+        runs[name], problems = read_decisions(log.read_text().splitlines())
+        assert problems == []
+    under_a, under_b = runs["a"], runs["b"]
+    assert len(under_a) == len(under_b) == 11
+    assert all(d.decision == "allow" for d in under_a)
+    assert all(d.session for d in under_a), "every call names the context it was judged in"
+    reasons = {d.reason for d in under_b if d.decision == "deny"}
+    assert reasons >= {"SESSION_BUDGET_EXCEEDED", "TOO_MANY_SESSIONS"}, reasons
+
+    predicted = await replay(sorted(under_a, key=lambda d: d.ts), policy(A2A_POLICY_B, "b"))
+    actual = recorded(sorted(under_b, key=lambda d: d.ts))
+    assert [(p.decision, p.reason, p.policy) for p in predicted] == [
+        (a.decision, a.reason, a.policy) for a in actual
+    ]
+
+
+# --- review findings: the log never fails a request, bad lines never a replay -------------
+
+
+async def test_undecodable_names_are_logged_and_never_fail_the_request(
+    tmp_path: Path, start_upstream: StartUpstream, start_proxy: StartProxy, http: ClientSession
+) -> None:
+    log = tmp_path / "d.jsonl"
+    proxy = await start_proxy(await start_upstream(Broken().app()), decision_log=str(log))
+    # A lone surrogate in the tool name (a JSON escape) and in the agent id (a header byte
+    # that is not UTF-8): both must be written, as ASCII escapes.
+    body = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"\\udcff"}}'
+    reader, writer = await asyncio.open_connection(*proxy.removeprefix("http://").split(":"))
+    head = (
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"X-Agent-Id: al\xffice\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+    )
+    writer.write(head + body)
+    status = await reader.readline()
+    writer.close()
+    assert status.startswith(b"HTTP/1.1 200"), status
+    [line] = log.read_text().splitlines()
+    assert line.isascii()
+    decision = Decision.from_json(line)
+    assert decision.tool == "\udcff"
+    assert decision.agent == "al\udcffice"
+
+
+def test_a_log_on_a_pipe_is_written_and_never_rotated(tmp_path: Path) -> None:
+    from proxy.record import DecisionLog
+
+    read_end, write_end = os.pipe()
+    try:
+        log = DecisionLog(f"/proc/self/fd/{write_end}", max_bytes=10)
+        log.open()
+        one = Decision(
+            1.0, "a", None, "window", "mcp", "tools/call", "t", "default", "enforce", "allow", None
+        )
+        log.write([one, one])
+        assert log.written == 2
+        assert os.read(read_end, 65536).count(b"\n") == 2
+        log.close()
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_hostile_lines_are_problems_not_tracebacks() -> None:
+    good = json.loads(
+        Decision(
+            1.0, "a", None, "window", "mcp", "ping", None, "default", "enforce", "allow", None
+        ).to_json()
+    )
+    huge = json.dumps({**good, "ts": 10**400})
+    lines = ["[" * 100_000, huge, json.dumps({**good, "ts": "1e999"})]
+    found, problems = read_decisions(lines)
+    assert found == []
+    assert len(problems) == 3
+
+
+def test_a_whole_request_audit_denial_marks_every_element() -> None:
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    from proxy.errors import E
+    from proxy.exchange import Exchange
+    from proxy.gate import Admission
+    from proxy.identity import Credential
+    from proxy.protocols.classify import classify
+    from proxy.record import decisions_of
+
+    batch = b"[" + call(1, tool="echo") + b"," + call(2, tool="danger") + b"]"
+    headers = CIMultiDictProxy(CIMultiDict({"Content-Type": "application/json"}))
+    info = classify("POST", "/mcp", headers, batch)
+    exchange = Exchange("POST", "/mcp", "/mcp", headers, Credential("a", "jwt"), info)
+    adm = Admission("a", "p", "audit", decision="audit-deny", reason=E.TOOL_NOT_AUTHORIZED)
+    adm.whole_reason = E.INSUFFICIENT_SCOPE  # require_scopes, recorded in audit mode
+    adm.element_reasons = (None, E.TOOL_NOT_AUTHORIZED)
+    logged = decisions_of(exchange, adm, 1.0)
+    assert [(d.decision, d.reason) for d in logged] == [
+        ("audit-deny", "INSUFFICIENT_SCOPE"),
+        ("audit-deny", "TOOL_NOT_AUTHORIZED"),
+    ]

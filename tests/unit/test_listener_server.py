@@ -405,6 +405,8 @@ async def test_head_204_304_have_no_body(served: tuple[HttpServer, int]) -> None
         b"GET /<script>alert(1)</script> HTTP/1.1 extra\r\n\r\n",
         b"<script>alert(1)</script>\r\n\r\n",
         b"GET / HTTP/1.1\r\nBad<script> Header: x\r\n\r\n",
+        # RFC 9112 section 3.2: two Host headers are answered 400.
+        b"GET /echo HTTP/1.1\r\nHost: a\r\nHost: <script>b\r\n\r\n",
     ],
 )
 async def test_refused_with_the_envelope(
