@@ -53,6 +53,8 @@ REQUEST_HEADERS: tuple[tuple[str, str], ...] = (
     ("X-Agent-Id", "bench"),
 )
 MCP_PATH = "/mcp"
+SSE_PATH = "/mcp-sse"  # the same answer as one server-sent event (text/event-stream)
+SSE_BODY = f"event: message\ndata: {RESPONSE_BODY}\n\n"
 SESSION_HEADER = "Mcp-Session-Id"
 DEFAULT_POLICY = BENCH_DIR / "policy.yaml"
 
@@ -86,6 +88,7 @@ class Settings:
     wait_proxy_s: float
     keep_temp: bool
     lockstep: bool
+    sse: bool = False  # the upstream answers with an event stream instead of JSON
 
 
 @dataclass(slots=True)
@@ -370,10 +373,10 @@ def open_session(name: str, url: str, headers: Sequence[tuple[str, str]]) -> str
     return answer.session_id
 
 
-def smoke(name: str, url: str, headers: Sequence[tuple[str, str]]) -> None:
+def smoke(name: str, url: str, headers: Sequence[tuple[str, str]], expected: str) -> None:
     """One request by hand: the path must answer the upstream's bytes before it is timed."""
     answer = post(name, url, REQUEST_BODY, headers)
-    if answer.status != 200 or answer.body != RESPONSE_BODY.encode():
+    if answer.status != 200 or answer.body != expected.encode():
         raise BenchError(f"{name}: POST {url} answered {answer.status} {answer.body[:300]!r}")
 
 
@@ -559,7 +562,9 @@ def run(settings: Settings, workdir: Path, fleet: Fleet) -> tuple[list[PathResul
         "upstream",
         port=upstream_port,
         response=RESPONSE_BODY,
+        sse_response=SSE_BODY,
     )
+    path = SSE_PATH if settings.sse else MCP_PATH
     start_nginx(fleet, "upstream", conf)
     wait_for_port(fleet, "upstream", upstream_port)
 
@@ -567,7 +572,7 @@ def run(settings: Settings, workdir: Path, fleet: Fleet) -> tuple[list[PathResul
     # Path name -> (process name in the fleet, pid) of the hop whose cost is measured.
     hops: dict[str, tuple[str, int]] = {}
     if DIRECT in settings.paths:
-        results.append(PathResult(DIRECT, f"http://127.0.0.1:{upstream_port}{MCP_PATH}"))
+        results.append(PathResult(DIRECT, f"http://127.0.0.1:{upstream_port}{path}"))
     if NGINX in settings.paths:
         port = free_port()
         conf = render_nginx(
@@ -575,7 +580,7 @@ def run(settings: Settings, workdir: Path, fleet: Fleet) -> tuple[list[PathResul
         )
         hops[NGINX] = ("nginx-hop", start_nginx(fleet, "nginx-hop", conf))
         wait_for_port(fleet, "nginx-hop", port)
-        results.append(PathResult(NGINX, f"http://127.0.0.1:{port}{MCP_PATH}"))
+        results.append(PathResult(NGINX, f"http://127.0.0.1:{port}{path}"))
     if WARDEN in settings.paths:
         wait_for_proxy_cli(settings.python, settings.wait_proxy_s)
         port, admin = free_port(), free_port()
@@ -595,18 +600,18 @@ def run(settings: Settings, workdir: Path, fleet: Fleet) -> tuple[list[PathResul
         ]
         hops[WARDEN] = (WARDEN, fleet.start(WARDEN, argv, cwd=REPO_DIR))
         wait_for_ready(fleet, WARDEN, f"http://127.0.0.1:{admin}/readyz")
-        results.append(PathResult(WARDEN, f"http://127.0.0.1:{port}{MCP_PATH}"))
+        results.append(PathResult(WARDEN, f"http://127.0.0.1:{port}{path}"))
 
     headers = list(REQUEST_HEADERS)
     session_id = settings.session_id
     if session_id is None and WARDEN in hops:
         # A session-aware proxy refuses calls outside a session it knows; every path then
         # gets the same header, so all three see the same request bytes.
-        session_id = open_session(WARDEN, results[-1].url, headers)
+        session_id = open_session(WARDEN, results[-1].url.replace(SSE_PATH, MCP_PATH), headers)
     if session_id:
         headers.append((SESSION_HEADER, session_id))
     for result in results:
-        smoke(result.name, result.url, headers)
+        smoke(result.name, result.url, headers, SSE_BODY if settings.sse else RESPONSE_BODY)
     for result in results:
         print(f"fixed rate: {result.name} ...", file=sys.stderr)
         hop_pid = hops[result.name][1] if result.name in hops else None
@@ -722,7 +727,9 @@ def report(
         f"{'one h2load, in lockstep' if settings.lockstep else 'one h2load per connection'}"
         "; full throttle: "
         f"{settings.throttle_requests} requests, {settings.connections} connections",
-        f"- request: POST {MCP_PATH} tools/call, {len(REQUEST_BODY)} bytes; headers "
+        f"- request: POST {SSE_PATH if settings.sse else MCP_PATH} tools/call, "
+        f"{len(REQUEST_BODY)} bytes, answered with "
+        f"{'one server-sent event' if settings.sse else 'JSON'}; headers "
         + ", ".join(f"`{k}`" for k, _ in REQUEST_HEADERS)
         + (f", `{SESSION_HEADER}`" if session_id else "")
         + (
@@ -835,6 +842,11 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         help="plain `h2load -c N --rps R -D S`: all connections send at the same instants",
     )
     parser.add_argument("--keep-temp", action="store_true", help="keep configs, logs, h2load logs")
+    parser.add_argument(
+        "--sse",
+        action="store_true",
+        help="the upstream answers with one server-sent event (text/event-stream), not JSON",
+    )
     args = parser.parse_args(argv)
 
     paths = tuple(p.strip() for p in args.paths.split(",") if p.strip())
@@ -861,6 +873,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         wait_proxy_s=args.wait_proxy,
         keep_temp=args.keep_temp,
         lockstep=args.lockstep,
+        sse=args.sse,
     )
 
 

@@ -94,8 +94,8 @@ class Flight:
         # No Host (HTTP/1.0): the address the request arrived on, as aiohttp answered.
         self.host = request.headers.get(hdrs.HOST) or request.local
         raw, _, query = target.partition("#")[0].partition("?")
-        # The path as the upstream's router reads it: percent-decoded (an encoded slash
-        # stays encoded), exactly as aiohttp's parser decodes it.
+        # The path as the upstream's router reads it: percent-decoded (%2F included), exactly
+        # as aiohttp's parser decodes it; the target goes up as it came.
         self.path = URL.build(path=raw, encoded=True).path if "%" in raw else raw
         self.query_string = query
         self._query: MultiDictProxy[str] | None = None
