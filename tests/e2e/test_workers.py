@@ -26,6 +26,7 @@ import httpx
 import pytest
 from aiohttp import web
 
+from proxy.record import read_decisions
 from tests.conftest import Proxy, RunProxy
 from tests.e2e.conftest import StartUpstream
 from tests.e2e.test_cli import run_cli
@@ -435,3 +436,30 @@ async def test_sighup_reloads_the_policy_in_every_worker(
     metrics = await scrape(proxy)
     assert metrics.value("agent_warden_policy_reloads_total", result="success") == 1
     assert await admin_status(proxy, "/readyz") == 200
+
+
+async def test_each_worker_writes_its_own_decision_log(
+    run_proxy: RunProxy, mcp_upstream: str, store_url: StoreUrl, tmp_path: Path
+) -> None:
+    """With --workers, FILE.w<index> per worker (rotation renames files, which processes
+    cannot share); together they hold one line per counted call."""
+    log = tmp_path / "decisions.jsonl"
+    args = ("--workers", str(WORKERS), "--store", store_url(), "--decision-log", str(log))
+    proxy = run_proxy(mcp_upstream, *args)
+    async with fresh_connections() as http:
+        [raw, *calls] = mcp_clients(http, proxy, fresh("logged"), 21)
+        session = await raw.initialize()
+        await asyncio.gather(*(c.echo(session, f"n{i}") for i, c in enumerate(calls)))
+
+    def written() -> list[str] | None:
+        files = sorted(tmp_path.glob("decisions.jsonl.w*"))
+        lines = [line for f in files for line in f.read_text().splitlines()]
+        return lines if len(lines) == 20 else None
+
+    lines = await eventually(written)
+    assert lines is not None
+    names = {p.name for p in await asyncio.to_thread(lambda: list(tmp_path.iterdir()))}
+    assert names <= {"decisions.jsonl.w0", "decisions.jsonl.w1"}, names  # no shared FILE
+    records, problems = read_decisions(lines)
+    assert problems == []
+    assert {(r.method, r.tool, r.decision) for r in records} == {("tools/call", "echo", "allow")}
