@@ -458,7 +458,8 @@ async def test_each_worker_writes_its_own_decision_log(
 
     lines = await eventually(written)
     assert lines is not None
-    names = {p.name for p in await asyncio.to_thread(lambda: list(tmp_path.iterdir()))}
+    found = await asyncio.to_thread(lambda: list(tmp_path.iterdir()))
+    names = {p.name for p in found if p.name.startswith("decisions")}
     assert names <= {"decisions.jsonl.w0", "decisions.jsonl.w1"}, names  # no shared FILE
     records, problems = read_decisions(lines)
     assert problems == []
