@@ -142,7 +142,11 @@ class ProxyListener:
             read_timeout=settings.stream_idle_timeout,
         )
         self._decisions = (
-            DecisionLog(settings.decision_log, settings.decision_log_max_bytes)
+            DecisionLog(
+                settings.decision_log,
+                settings.decision_log_max_bytes,
+                lambda result, lines: runtime.metrics.decision_log.inc(result, amount=lines),
+            )
             if settings.decision_log
             else None
         )

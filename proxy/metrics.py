@@ -665,7 +665,17 @@ class Metrics:
         self.in_flight = r.register(
             Gauge("agent_warden_requests_in_flight", "Requests being handled now.")
         )
+        self.decision_log = r.register(
+            Counter(
+                "agent_warden_decision_log_lines_total",
+                "Decision-log lines (--decision-log), by result: written, or failed (the "
+                "file refused the write; the request was not affected).",
+                ("result",),
+            )
+        )
         self.build_info.set(1, version)
+        for result in ("written", "failed"):
+            self.decision_log.touch(result)
         for cause in CloseCause:
             self.sessions_closed.touch(cause)
         for result in ReloadResult:

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import IO, Any
 
@@ -152,7 +153,13 @@ class DecisionLog:
     Writes are synchronous and small (one line per counted call, flushed per request);
     a write that fails is reported once and the log goes on at the next request."""
 
-    def __init__(self, target: str, max_bytes: int = DEFAULT_LOG_MAX_BYTES) -> None:
+    def __init__(
+        self,
+        target: str,
+        max_bytes: int = DEFAULT_LOG_MAX_BYTES,
+        count: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self._count = count  # (result, lines): "written" or "failed"
         self._target = target
         self._max = max_bytes
         self._file: IO[str] | None = None
@@ -183,10 +190,14 @@ class DecisionLog:
             if not self._failed:
                 log.error("decision log write failed", extra={"error": str(exc)[:200]})
             self._failed = True
+            if self._count is not None:
+                self._count("failed", len(decisions))
             return
         self._failed = False
         self._size += len(text)
         self.written += len(decisions)
+        if self._count is not None:
+            self._count("written", len(decisions))
 
     def _rotate(self) -> None:
         assert self._file is not None

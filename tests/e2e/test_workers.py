@@ -464,3 +464,6 @@ async def test_each_worker_writes_its_own_decision_log(
     records, problems = read_decisions(lines)
     assert problems == []
     assert {(r.method, r.tool, r.decision) for r in records} == {("tools/call", "echo", "allow")}
+    exposition = await scrape(proxy)  # the workers' counts, summed by the supervisor
+    assert exposition.value("agent_warden_decision_log_lines_total", result="written") == 20
+    assert exposition.value("agent_warden_decision_log_lines_total", result="failed") == 0

@@ -265,6 +265,7 @@ def test_the_proxys_instruments_render_as_strict_exposition() -> None:
         "agent_warden_policy_info": ("gauge", ("source", "sha256")),
         "agent_warden_build_info": ("gauge", ("version",)),
         "agent_warden_requests_in_flight": ("gauge", ()),
+        "agent_warden_decision_log_lines_total": ("counter", ("result",)),
     }
     assert set(parsed) == set(expected)
     for name, (kind, label_names) in expected.items():
