@@ -247,7 +247,6 @@ class Gate:
         adm = Admission(agent, name, rules.mode, tools=rules.tools)
         missing = [s for s in rules.require_scopes if s not in credential.scopes]
         if missing:
-            adm.whole_reason = E.INSUFFICIENT_SCOPE
             error = self._record(adm, Denial(E.INSUFFICIENT_SCOPE), None, None)
             if error is not None:
                 scope = " ".join(rules.require_scopes)
@@ -833,6 +832,8 @@ class Gate:
         if log_it:
             self._log_denial(adm, denial, method, tool, audit, batch_denied)
         adm.reason = denial.reason
+        if batch_denied is None:  # not one element of a batch: the whole request
+            adm.whole_reason = denial.reason
         adm.decision = "audit-deny" if audit else "deny"
         if audit:
             return None
@@ -876,7 +877,6 @@ class Gate:
         session is never entered, audit mode or not: that is no limit to trial."""
         if denial.reason is E.AGENT_MISMATCH:
             adm.mode = "enforce"
-        adm.whole_reason = denial.reason
         error = self._record(adm, denial, method, tool)
         return adm if error is None else Refusal(error, adm)
 

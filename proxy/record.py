@@ -109,8 +109,6 @@ def decisions_of(exchange: Exchange, verdict: Admission | Refusal, now: float) -
     info = exchange.info
     adm = verdict.admission if isinstance(verdict, Refusal) else verdict
     whole: E | None = verdict.error.spec if isinstance(verdict, Refusal) else adm.whole_reason
-    if whole is None and adm.decision != "allow" and not adm.element_reasons:
-        whole = adm.reason
     calls: list[tuple[str, str | None, E | None]] = []
     if info.body is not None:
         reasons = adm.element_reasons
