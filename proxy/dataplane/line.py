@@ -406,7 +406,9 @@ class RequestLine:
             self._metadata_url(request, self._gate.identity().resource_metadata),
         )
         verdict = await self._gate.admit(exchange, legacy.session if legacy is not None else None)
-        if self._decisions is None or isinstance(verdict, Refusal):
+        if self._decisions is None:
+            return await self._decided(request, info, body, trace, verdict, legacy)
+        if isinstance(verdict, Refusal):
             self._log_decisions(exchange, verdict, time.time())
             return await self._decided(request, info, body, trace, verdict, legacy)
         decided_at = time.time()
@@ -420,8 +422,7 @@ class RequestLine:
         self, exchange: Exchange, verdict: Admission | Refusal, decided_at: float
     ) -> None:
         """The decision log's lines for this request; a fault there never fails it."""
-        if self._decisions is None:
-            return
+        assert self._decisions is not None
         try:
             self._decisions.write(decisions_of(exchange, verdict, decided_at))
         except Exception:
@@ -834,6 +835,28 @@ class RequestLine:
         _, doc, _ = read
         return json_answer(merged_batch(doc, denied))
 
+    async def _inspected(
+        self,
+        request: Flight,
+        info: Classified,
+        resp: UpstreamResponse,
+        headers: CIMultiDict[str],
+        verdict: Admission,
+    ) -> tuple[bytes, Any] | Answer | Stream:
+        """``(body, parsed JSON or None)`` of an answer the proxy inspects; or, when it
+        cannot be read, the answer already given: an envelope (the upstream failed
+        mid-body, or a filtered listing cannot be filtered) or the body relayed as it is
+        (too large or encoded to inspect: trusted as it is)."""
+        read = await self._read_json(request, info, resp)
+        if isinstance(read, Answer):
+            return read
+        data, doc, readable = read
+        if readable:
+            return data, doc
+        if verdict.own_tasks_only:  # what cannot be filtered is not shown
+            return self._invalid_response(request, info, resp)
+        return await self._relay(request, resp, headers, prefix=data)
+
     async def _read_json(
         self, request: Flight, info: Classified, resp: UpstreamResponse
     ) -> tuple[bytes, Any, bool] | Answer:
@@ -871,14 +894,10 @@ class RequestLine:
         headers: CIMultiDict[str],
         verdict: Admission,
     ) -> Answer | Stream:
-        read = await self._read_json(request, info, resp)
-        if isinstance(read, Answer):
+        read = await self._inspected(request, info, resp, headers, verdict)
+        if not isinstance(read, tuple):
             return read
-        data, doc, readable = read
-        if not readable and verdict.own_tasks_only:  # what cannot be filtered is not shown
-            return self._invalid_response(request, info, resp)
-        if not readable:  # too large or encoded to inspect: trusted as it is
-            return await self._relay(request, resp, headers, prefix=data)
+        data, doc = read
         if doc is None or not jsonrpc.is_response(doc):
             return self._invalid_response(request, info, resp)
         if info.protocol == "a2a" and (fixed := normalize_jsonrpc_error(doc)) is not None:
@@ -949,14 +968,10 @@ class RequestLine:
         verdict: Admission,
     ) -> Answer | Stream:
         """An A2A REST answer: must be JSON; what it reveals binds the session."""
-        read = await self._read_json(request, info, resp)
-        if isinstance(read, Answer):
+        read = await self._inspected(request, info, resp, headers, verdict)
+        if not isinstance(read, tuple):
             return read
-        data, doc, readable = read
-        if not readable and verdict.own_tasks_only:  # what cannot be filtered is not shown
-            return self._invalid_response(request, info, resp)
-        if not readable:
-            return await self._relay(request, resp, headers, prefix=data)
+        data, doc = read
         if doc is None and data.strip():
             return self._invalid_response(request, info, resp)
         if doc is not None:
