@@ -41,6 +41,8 @@ from typing import cast
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 
+from proxy.dataplane.chunks import HIGH_WATER, LOW_WATER, take_joined
+
 __all__ = [
     "BodyTooLarge",
     "ClientGone",
@@ -53,9 +55,6 @@ __all__ = [
 
 log = logging.getLogger("agent_warden.dataplane.server")
 
-HIGH_WATER = 256 * 1024  # buffered request body above which the socket stops being read
-LOW_WATER = 64 * 1024  # ... and below which it is read again
-READ_CHUNK = 64 * 1024  # readany joins buffered pieces up to about this size
 PIPELINE_DEPTH = 8  # parsed requests held behind the running one before reading pauses
 LINGER = 2.0  # seconds a refused client's further bytes are read and dropped
 MAX_HEAD_SIZE = 64 * 1024  # request line and headers; larger heads are refused with 431
@@ -221,16 +220,7 @@ class ServerRequest:
             parts.append(piece)
 
     def _take(self) -> bytes:
-        chunks = self._chunks
-        data = chunks.popleft()
-        if chunks and len(data) < READ_CHUNK:
-            parts = [data]
-            size = len(data)
-            while chunks and size + len(chunks[0]) <= READ_CHUNK:
-                piece = chunks.popleft()
-                parts.append(piece)
-                size += len(piece)
-            data = b"".join(parts)
+        data = take_joined(self._chunks)
         self._size -= len(data)
         if self._size < LOW_WATER:
             self._conn.update_reading()

@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 
+from proxy.dataplane.chunks import HIGH_WATER, LOW_WATER, take_joined
+
 __all__ = [
     "UpstreamConnectTimeout",
     "UpstreamCut",
@@ -37,9 +39,6 @@ __all__ = [
 ]
 
 SMALL_BODY = 64 * 1024  # a bytes body up to this size goes out in the head's write
-HIGH_WATER = 256 * 1024  # buffered response body above which the socket stops being read
-LOW_WATER = 64 * 1024  # ... and below which it is read again
-READ_CHUNK = 64 * 1024  # readany joins buffered pieces up to about this size
 
 _CONTENT_LENGTH = istr("Content-Length")
 _CONTENT_TYPE = istr("Content-Type")
@@ -209,17 +208,7 @@ class UpstreamResponse:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _take(self) -> bytes:
-        chunks = self._chunks
-        if len(chunks) == 1:
-            data = chunks.popleft()
-        else:
-            parts = [chunks.popleft()]
-            size = len(parts[0])
-            while chunks and size + len(chunks[0]) <= READ_CHUNK:
-                piece = chunks.popleft()
-                parts.append(piece)
-                size += len(piece)
-            data = b"".join(parts)
+        data = take_joined(self._chunks)
         self._size -= len(data)
         conn = self._conn
         if conn is not None and conn.read_paused and self._size < LOW_WATER:
