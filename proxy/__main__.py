@@ -159,14 +159,7 @@ async def _listen(settings: Settings, runtime: Runtime) -> None:
     gc.freeze()
     log.info(
         "agent-warden started",
-        extra={
-            "version": __version__,
-            "listen": str(settings.listen),
-            "admin": str(settings.admin),
-            "upstream": str(settings.upstream),
-            "policy": settings.policy or "(built-in default)",
-            "protocol": settings.protocol,
-        },
+        extra={"version": __version__, **settings.summary()},
     )
     await stop.wait()
     runtime.draining = True

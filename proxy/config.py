@@ -64,6 +64,16 @@ class Settings:
     decision_log: str | None = None  # FILE or "-": one JSON line per counted call (replay)
     decision_log_max_bytes: int = 64 * 1024 * 1024  # rotated past this (FILE.1 .. FILE.3)
 
+    def summary(self) -> dict[str, object]:
+        """What the start-up log line says of the settings."""
+        return {
+            "listen": str(self.listen),
+            "admin": str(self.admin),
+            "upstream": str(self.upstream),
+            "policy": self.policy or "(built-in default)",
+            "protocol": self.protocol,
+        }
+
 
 def parse_address(value: str, what: str) -> Address:
     """``HOST:PORT``, ``:PORT`` or ``[v6]:PORT``."""

@@ -869,11 +869,7 @@ async def _supervise(
                     extra={
                         "version": __version__,
                         "workers": settings.workers,
-                        "listen": str(settings.listen),
-                        "admin": str(settings.admin),
-                        "upstream": str(settings.upstream),
-                        "policy": settings.policy or "(built-in default)",
-                        "protocol": settings.protocol,
+                        **settings.summary(),
                     },
                 )
                 await stop.wait()
